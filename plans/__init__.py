@@ -1,0 +1,1 @@
+"""SYNAPS Agent plans."""

@@ -1,0 +1,1 @@
+"""Simulated imaging beamline: phantoms with ground truth behind real ophyd devices."""

@@ -1,0 +1,157 @@
+"""Where runs live: a Tiled catalog, embedded by default, a Tiled server by URL otherwise.
+
+>>> from synaps_agent.catalog import open_catalog
+>>> with open_catalog("synaps-data") as catalog:      # doctest: +SKIP
+...     RE.subscribe(catalog.writer())
+...     run = catalog.raw[uid]
+
+The embedded catalog is tiled's :class:`~tiled.server.SimpleTiledServer`: a SQLite
+catalog and array files in ``directory``, served on loopback with its own API key. Two
+containers hold the runs: ``raw`` (what the RunEngine emitted) and ``processed``
+(analysis runs: reconstructions, segmentations, agent decisions), both with the spec
+``CatalogOfBlueskyRuns`` so that the Bluesky client (and databroker) read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Catalog", "open_catalog", "RAW", "PROCESSED"]
+
+RAW = "raw"
+PROCESSED = "processed"
+RUNS_SPEC = ("CatalogOfBlueskyRuns", "3.0")
+
+
+@dataclass
+class Catalog:
+    """An open catalog: the Tiled client, its ``raw`` and ``processed`` containers.
+
+    Attributes
+    ----------
+    client : tiled client
+        The root container.
+    raw, processed : CatalogOfBlueskyRuns
+        The containers of raw and analysis runs.
+    directory : Path or None
+        The embedded catalog's folder (None for a remote server).
+    frames_directory : Path or None
+        Where simulated detectors should write their HDF5 files (readable by the server).
+    """
+
+    client: Any
+    raw: Any
+    processed: Any
+    directory: Path | None = None
+    frames_directory: Path | None = None
+    server: Any = None
+    _writers: list = field(default_factory=list, repr=False)
+
+    @property
+    def uri(self) -> str:
+        """URL of the server (with the API key for the embedded one)."""
+        return self.server.uri if self.server is not None else self.client.uri
+
+    def writer(self, container: str = RAW, **kwargs: Any):
+        """A ``TiledWriter`` into ``raw`` (default) or ``processed`` for ``RE.subscribe``.
+
+        Runs that cannot be written are backed up as JSON lines in
+        ``<directory>/backup`` (embedded catalog), so no document is lost.
+        """
+        from bluesky_tiled_plugins import TiledWriter
+
+        node = {RAW: self.raw, PROCESSED: self.processed}.get(container)
+        if node is None:
+            raise ValueError(f"container must be {RAW!r} or {PROCESSED!r}, got {container!r}")
+        if self.directory is not None:
+            kwargs.setdefault("backup_directory", str(self.directory / "backup"))
+            Path(kwargs["backup_directory"]).mkdir(parents=True, exist_ok=True)
+        writer = TiledWriter(node, **kwargs)
+        self._writers.append(writer)
+        return writer
+
+    def close(self) -> None:
+        """Stop the embedded server (a remote server is left alone)."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _ensure_runs_container(client: Any, key: str) -> Any:
+    from tiled.structures.core import Spec
+
+    if key not in client:
+        client.create_container(key, specs=[Spec(*RUNS_SPEC)])
+    return client[key]
+
+
+def open_catalog(
+    directory: str | Path | None = None,
+    *,
+    uri: str | None = None,
+    api_key: str | None = None,
+    readable_storage: list[str | Path] | None = None,
+) -> Catalog:
+    """Open the runs catalog.
+
+    Parameters
+    ----------
+    directory : path, optional
+        Folder of the embedded catalog (created if missing; reused if it holds one).
+        Ignored when ``uri`` is given. ``None`` with no ``uri``: a temporary folder.
+    uri : str, optional
+        URL of a running Tiled server (``http://host:8000``) instead of the embedded one.
+    api_key : str, optional
+        API key for ``uri``.
+    readable_storage : list of paths, optional
+        Extra folders the embedded server may read external files (HDF5 frames) from;
+        ``<directory>/frames`` is always readable.
+
+    Returns
+    -------
+    Catalog
+        Close it (or use it as a context manager) to stop the embedded server.
+    """
+    from tiled.client import from_uri
+
+    if uri is not None:
+        client = from_uri(uri, api_key=api_key)
+        return Catalog(
+            client=client,
+            raw=_ensure_runs_container(client, RAW),
+            processed=_ensure_runs_container(client, PROCESSED),
+        )
+
+    from tiled.server import SimpleTiledServer
+
+    if directory is None:
+        import tempfile
+
+        directory = tempfile.mkdtemp(prefix="synaps-catalog-")
+    directory = Path(directory).resolve()
+    frames = directory / "frames"
+    frames.mkdir(parents=True, exist_ok=True)
+    readable = [frames, *(Path(p).resolve() for p in (readable_storage or []))]
+    server = SimpleTiledServer(directory=directory, readable_storage=readable)
+    try:
+        client = from_uri(server.uri)
+        catalog = Catalog(
+            client=client,
+            raw=_ensure_runs_container(client, RAW),
+            processed=_ensure_runs_container(client, PROCESSED),
+            directory=directory,
+            frames_directory=frames,
+            server=server,
+        )
+    except BaseException:
+        server.close()
+        raise
+    return catalog

@@ -1,0 +1,72 @@
+"""Shared fixtures: a real embedded Tiled catalog, a real RunEngine, a simulated beamline."""
+
+from __future__ import annotations
+
+import pytest
+from bluesky import RunEngine
+from event_model import schema_validators
+
+from synaps_agent.catalog import open_catalog
+from synaps_agent.sim_devices.beamline import make_sim_beamline
+from synaps_agent.sim_devices.phantoms import make_phantom
+
+
+class DocumentLog:
+    """Collects every document, validating each against its event-model schema."""
+
+    def __init__(self) -> None:
+        self.documents: list[tuple[str, dict]] = []
+
+    def __call__(self, name: str, doc: dict) -> None:
+        from event_model import DocumentNames
+
+        schema_validators[DocumentNames(name)].validate(doc)
+        self.documents.append((name, doc))
+
+    def of(self, name: str) -> list[dict]:
+        return [doc for n, doc in self.documents if n == name]
+
+
+@pytest.fixture
+def catalog(tmp_path):
+    """The embedded catalog in a temporary folder; its server stops after the test."""
+    cat = open_catalog(tmp_path / "catalog")
+    yield cat
+    cat.close()
+
+
+@pytest.fixture
+def documents() -> DocumentLog:
+    return DocumentLog()
+
+
+@pytest.fixture
+def RE(catalog, documents):
+    """A RunEngine persisting to the catalog and validating every document."""
+    engine = RunEngine({}, call_returns_result=False)
+    engine.subscribe(documents)
+    engine.subscribe(catalog.writer())
+    yield engine
+    if engine.state != "idle":
+        engine.halt()
+
+
+@pytest.fixture
+def ptycho_beamline(catalog):
+    """A small 2D electrode section (96 x 96 pixels of 20 nm) on the simulated beamline."""
+    phantom = make_phantom("P-dense", seed=1, size=96)
+    return make_sim_beamline(
+        phantom,
+        catalog.frames_directory,
+        seed=3,
+        photons_per_frame=1e5,
+        frame_size=32,
+        probe_fwhm_px=10,
+    )
+
+
+@pytest.fixture
+def tomo_beamline(catalog):
+    """A small 3D electrode volume (32^3) for tomography."""
+    phantom = make_phantom("T-electrode", seed=2, size=32)
+    return make_sim_beamline(phantom, catalog.frames_directory, seed=4, photons_per_pixel=2e3)
