@@ -741,6 +741,7 @@ class PhantomPreset:
     crack_fraction: float
     secondary_fraction: float
     binder_fraction: float
+    pixel_size: float = 20e-9
     description: str = ""
 
 
@@ -750,7 +751,7 @@ PRESETS: dict[str, PhantomPreset] = {
         size=384,
         fraction=0.25,
         radius_range_px=(6.0, 32.0),
-        clustering=0.9,
+        clustering=1.0,
         crack_fraction=0.1,
         secondary_fraction=0.1,
         binder_fraction=0.08,
@@ -776,6 +777,7 @@ PRESETS: dict[str, PhantomPreset] = {
         crack_fraction=0.2,
         secondary_fraction=0.25,
         binder_fraction=0.15,
+        pixel_size=0.5e-6,
         description="128^3 electrode volume, ~50 % active material, for tomography",
     ),
 }
@@ -784,7 +786,7 @@ _SECTION_THICKNESS = 1e-6
 
 
 def make_phantom(
-    case: str, seed: int = 0, *, size: int | None = None, pixel_size: float = 20e-9
+    case: str, seed: int = 0, *, size: int | None = None, pixel_size: float | None = None
 ) -> Phantom2D | Phantom3D:
     """Build a benchmark phantom.
 
@@ -798,8 +800,10 @@ def make_phantom(
     size : int, optional
         Edge length overriding the preset's (e.g. 96 for fast tests); particle radii are
         scaled proportionally (to at least 1.5 px).
-    pixel_size : float
-        Pixel (voxel) edge in metres.
+    pixel_size : float, optional
+        Pixel (voxel) edge in metres; default the preset's (20 nm for the 2D sections,
+        0.5 um for the tomography volume, whose X-ray contrast at 25 keV then is a few
+        tens of percent).
 
     Returns
     -------
@@ -811,6 +815,8 @@ def make_phantom(
     edge = preset.size if size is None else int(size)
     if edge <= 0:
         raise ValueError(f"size must be a positive integer, got {size}")
+    if pixel_size is None:
+        pixel_size = preset.pixel_size
     if not float(pixel_size) > 0:
         raise ValueError(f"pixel_size must be positive, got {pixel_size}")
     scale = edge / preset.size

@@ -120,9 +120,12 @@ def test_reduced_size_area_fractions(seed: int) -> None:
 def test_sparse_is_more_clustered_than_dense(sparse: Phantom2D, dense: Phantom2D) -> None:
     empty_sparse = empty_tile_fraction(sparse.labels)
     empty_dense = empty_tile_fraction(dense.labels)
-    assert empty_sparse >= 0.2  # large empty regions
+    assert empty_sparse >= 0.35
     assert empty_dense <= 0.02
-    assert empty_sparse > empty_dense + 0.15
+    assert empty_sparse > empty_dense + 0.3
+    # Large empty regions: whole 64 x 64 tiles without particles (a uniform layout at the
+    # same fraction and sizes leaves ~10 % of them empty).
+    assert empty_tile_fraction(sparse.labels, tile=64) >= 0.25
 
 
 def test_sparse_has_mixed_particle_sizes(sparse: Phantom2D) -> None:

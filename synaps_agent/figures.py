@@ -1,0 +1,115 @@
+"""Figures people would rather see than read: phantoms, diffraction patterns, projections.
+
+Functions take arrays (or phantoms) and a path and write a PNG; they return the path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+
+__all__ = ["PHASE_COLORS", "plot_diffraction_patterns", "plot_phantom", "plot_projections"]
+
+#: pore, carbon-binder, active, secondary
+PHASE_COLORS = ListedColormap(["#1b1b1b", "#6baed6", "#fdae6b", "#d62728"])
+PHASE_LABELS = ("pore", "carbon-binder", "active", "secondary")
+
+
+def _label_legend(ax) -> None:
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=PHASE_COLORS(i), label=name) for i, name in enumerate(PHASE_LABELS)]
+    ax.legend(handles=handles, loc="lower right", fontsize=7, framealpha=0.8)
+
+
+def plot_phantom(phantom, path: str | Path, *, energy_ev: float = 8000.0) -> Path:
+    """Phase, amplitude and ground-truth labels of a 2D phantom, or slices of a 3D one."""
+    path = Path(path)
+    labels = np.asarray(phantom.labels)
+    if labels.ndim == 2:
+        transmission = phantom.transmission(energy_ev)
+        panels = [
+            (np.angle(transmission), "phase (rad)", "gray"),
+            (np.abs(transmission), "amplitude", "gray"),
+            (labels, "ground-truth phases", PHASE_COLORS),
+        ]
+        extent_um = np.array([0, labels.shape[1], labels.shape[0], 0]) * phantom.pixel_size * 1e6
+    else:
+        mid = labels.shape[0] // 2
+        delta, _ = phantom.refractive_index(energy_ev)
+        panels = [
+            (delta[mid], f"delta, slice z={mid}", "gray"),
+            (labels[mid], f"labels, slice z={mid}", PHASE_COLORS),
+            (labels[:, labels.shape[1] // 2, :], "labels, slice y=mid", PHASE_COLORS),
+        ]
+        extent_um = np.array([0, labels.shape[2], labels.shape[0], 0]) * phantom.voxel_size * 1e6
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.6), constrained_layout=True)
+    for ax, (image, title, cmap) in zip(axes, panels, strict=True):
+        is_labels = cmap is PHASE_COLORS
+        shown = ax.imshow(
+            image,
+            cmap=cmap,
+            extent=extent_um,
+            interpolation="nearest",
+            vmin=0 if is_labels else None,
+            vmax=3 if is_labels else None,
+        )
+        ax.set_title(title)
+        ax.set_xlabel("x (um)")
+        ax.set_ylabel("y (um)" if labels.ndim == 2 else "z (um)")
+        if is_labels:
+            _label_legend(ax)
+        else:
+            fig.colorbar(shown, ax=ax, shrink=0.8)
+    fig.suptitle(f"{phantom.name}, seed {phantom.seed}, shape {labels.shape}")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_diffraction_patterns(
+    frames: np.ndarray, positions: Sequence[Sequence[float]], path: str | Path, *, title: str = ""
+) -> Path:
+    """A row of far-field patterns on a log scale, each titled with its stage position."""
+    path = Path(path)
+    frames = np.asarray(frames)
+    fig, axes = plt.subplots(
+        1, len(frames), figsize=(3.2 * len(frames), 3.4), constrained_layout=True, squeeze=False
+    )
+    for ax, frame, (x, y) in zip(axes[0], frames, positions, strict=True):
+        shown = ax.imshow(np.log10(frame.astype(float) + 1), cmap="magma")
+        ax.set_title(f"x={x:.2f} um, y={y:.2f} um", fontsize=9)
+        ax.set_axis_off()
+        fig.colorbar(shown, ax=ax, shrink=0.75, label="log10(counts+1)")
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_projections(
+    frames: np.ndarray, angles: Sequence[float], path: str | Path, *, title: str = ""
+) -> Path:
+    """A row of projection images, each titled with its rotation angle."""
+    path = Path(path)
+    frames = np.asarray(frames)
+    fig, axes = plt.subplots(
+        1, len(frames), figsize=(3.2 * len(frames), 3.4), constrained_layout=True, squeeze=False
+    )
+    for ax, frame, angle in zip(axes[0], frames, angles, strict=True):
+        ax.imshow(frame, cmap="gray")
+        ax.set_title(f"theta = {angle:.1f} deg", fontsize=9)
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
