@@ -47,6 +47,7 @@ class Catalog:
     directory: Path | None = None
     frames_directory: Path | None = None
     server: Any = None
+    _api_key: str | None = field(default=None, repr=False)
     _writers: list = field(default_factory=list, repr=False)
 
     @property
@@ -71,6 +72,28 @@ class Catalog:
         writer = TiledWriter(node, **kwargs)
         self._writers.append(writer)
         return writer
+
+    def databroker(self):
+        """A databroker v1 ``Broker`` over the raw runs, for facility code that still uses it.
+
+        It reads through its own Tiled client with a private copy of the structure-client
+        registry: databroker's v2 accessor rewrites the registry it is given, which would
+        otherwise turn every later run of this process into a v2 run.
+        """
+        from databroker.v1 import Broker
+        from tiled.client import from_uri
+        from tiled.client.container import DEFAULT_STRUCTURE_CLIENT_DISPATCH
+        from tiled.utils import OneShotCachedMap
+
+        default = DEFAULT_STRUCTURE_CLIENT_DISPATCH["numpy"]
+        private = OneShotCachedMap()
+        for key in default:
+            private.set(key, lambda key=key: default[key])
+        if self.server is not None:
+            client = from_uri(self.server.uri, structure_clients=private)
+        else:
+            client = from_uri(self.client.uri, api_key=self._api_key, structure_clients=private)
+        return Broker(client[RAW])
 
     def close(self) -> None:
         """Stop the embedded server (a remote server is left alone)."""
@@ -128,6 +151,7 @@ def open_catalog(
             client=client,
             raw=_ensure_runs_container(client, RAW),
             processed=_ensure_runs_container(client, PROCESSED),
+            _api_key=api_key,
         )
 
     from tiled.server import SimpleTiledServer

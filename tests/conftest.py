@@ -27,10 +27,11 @@ class DocumentLog:
         return [doc for n, doc in self.documents if n == name]
 
 
-@pytest.fixture
-def catalog(tmp_path):
-    """The embedded catalog in a temporary folder; its server stops after the test."""
-    cat = open_catalog(tmp_path / "catalog")
+@pytest.fixture(scope="session")
+def catalog(tmp_path_factory):
+    """The embedded catalog in a temporary folder, shared by the session (a server takes
+    seconds to start); runs are told apart by uid. Its server stops at the end."""
+    cat = open_catalog(tmp_path_factory.mktemp("catalog"))
     yield cat
     cat.close()
 

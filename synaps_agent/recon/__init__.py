@@ -1,0 +1,1 @@
+"""Reconstruction engines (pure math in torch): ptychography and tomography."""
