@@ -1,0 +1,1 @@
+"""The Bayesian-optimization agent: surrogate, acquisition, candidates, safety, stopping."""

@@ -1,0 +1,1 @@
+"""Segmentation with calibrated uncertainty, and particle characterization."""
