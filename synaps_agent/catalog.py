@@ -58,15 +58,17 @@ class Catalog:
     def writer(self, container: str = RAW, **kwargs: Any):
         """A ``TiledWriter`` into ``raw`` (default) or ``processed`` for ``RE.subscribe``.
 
-        Runs that cannot be written are backed up as JSON lines in
-        ``<directory>/backup`` (embedded catalog), so no document is lost.
+        Raw runs that cannot be written are backed up as JSON lines in
+        ``<directory>/backup`` (embedded catalog), so no raw document is lost.
         """
         from bluesky_tiled_plugins import TiledWriter
 
         node = {RAW: self.raw, PROCESSED: self.processed}.get(container)
         if node is None:
             raise ValueError(f"container must be {RAW!r} or {PROCESSED!r}, got {container!r}")
-        if self.directory is not None:
+        if self.directory is not None and container == RAW:
+            # raw documents are backed up as JSON lines (derived products can be recomputed
+            # from them; their arrays are not JSON)
             kwargs.setdefault("backup_directory", str(self.directory / "backup"))
             Path(kwargs["backup_directory"]).mkdir(parents=True, exist_ok=True)
         writer = TiledWriter(node, **kwargs)
@@ -116,6 +118,19 @@ def _ensure_runs_container(client: Any, key: str) -> Any:
     return client[key]
 
 
+def _register_document_export() -> None:
+    """Let the embedded server export a run as its documents (``run.documents()``).
+
+    A configured ``tiled serve`` does this in its config file (media type
+    ``application/json-seq`` of spec ``BlueskyRun``); the embedded server takes tiled's
+    default registry, so the exporter is registered there, once per process.
+    """
+    from bluesky_tiled_plugins.exporters import json_seq_exporter
+    from tiled.media_type_registration import default_serialization_registry
+
+    default_serialization_registry.register("BlueskyRun", "application/json-seq", json_seq_exporter)
+
+
 def open_catalog(
     directory: str | Path | None = None,
     *,
@@ -156,6 +171,7 @@ def open_catalog(
 
     from tiled.server import SimpleTiledServer
 
+    _register_document_export()
     if directory is None:
         import tempfile
 

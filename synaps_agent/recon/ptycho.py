@@ -437,6 +437,17 @@ class PtychoEngine:
         half = torch.tensor([ny // 2, nx // 2], dtype=torch.float64, device=pos.device)
         return (centre - half).to(torch.int64), resid
 
+    def cover(self, positions_px: Any) -> None:
+        """Make the object grid cover the probe windows at ``positions_px`` (k, 2).
+
+        Used to pre-size the grid to a planned scan, so that it does not grow later.
+        """
+        pos = np.asarray(positions_px, dtype=np.float64).reshape(-1, 2)
+        if not np.all(np.isfinite(pos)):
+            raise ValueError("positions_px must be finite")
+        with self._lock:
+            self._ensure_grid(torch.as_tensor(pos, dtype=torch.float64, device=self.device))
+
     def _ensure_grid(self, pos: torch.Tensor) -> None:
         """Create or grow the object grid so that all windows of ``pos`` fit."""
         ny, nx = self.frame_shape

@@ -1,0 +1,1 @@
+"""Benchmarks of synaps-agent: ``python -m benchmarks.NAME [--smoke] [--out DIR]``."""

@@ -1,0 +1,378 @@
+"""Live ptychography: reconstruct while the scan runs, from the documents alone.
+
+:class:`PtychoReconstruction` starts on a RunStart whose metadata describes a
+ptychography (or ptycho-tomography) scan, pairs each frame (inline in the event, or
+referenced by StreamResource/StreamDatum) with the stage position of its event, and
+hands them to a :class:`~synaps_agent.recon.ptycho.PtychoEngine` on a worker thread that
+iterates continuously. :meth:`PtychoReconstruction.snapshot` returns the current state
+at any time; snapshots are emitted as events of an analysis run (stream
+``reconstruction``) at intervals and at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from synaps_agent.recon.ptycho import PtychoConfig, PtychoEngine, PtychoSnapshot
+from synaps_agent.sim_devices.optics import gaussian_probe
+
+from .analysis import AnalysisRun, StreamingAnalysis, Subscriber
+from .frames import StreamFrameReader
+
+__all__ = ["PtychoGeometry", "PtychoReconstruction"]
+
+UNIT_TO_METRES = {"m": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "nm": 1e-9}
+
+
+@dataclass(frozen=True)
+class PtychoGeometry:
+    """What a reconstruction needs, read from a RunStart document."""
+
+    image_key: str
+    x_key: str
+    y_key: str
+    theta_key: str | None
+    x_scale: float  # metres per motor unit
+    y_scale: float
+    frame_shape: tuple[int, int]
+    pixel_size: float
+    origin_pixel: tuple[float, float]
+    probe: np.ndarray
+
+    @classmethod
+    def from_start(cls, start: dict) -> PtychoGeometry | None:
+        """The geometry of a ptychography run, or None if the run is not one."""
+        if start.get("modality") not in ("ptychography", "ptycho-tomography"):
+            return None
+        geometry = next(
+            (
+                g
+                for g in start.get("geometry", {}).values()
+                if isinstance(g, dict) and "object_pixel_size_m" in g
+            ),
+            None,
+        )
+        if geometry is None:
+            raise ValueError("ptychography run without a detector geometry in its metadata")
+        motors = start["motors"]
+        units = start.get("units", {})
+        scales = []
+        for key in motors[:2]:
+            unit = units.get(key, "um")
+            if unit not in UNIT_TO_METRES:
+                raise ValueError(f"motor {key}: unknown length unit {unit!r}")
+            scales.append(UNIT_TO_METRES[unit])
+        frame_shape = tuple(int(n) for n in geometry["frame_shape"])
+        probe_md = geometry["probe"]
+        if probe_md.get("model") != "gaussian":
+            raise ValueError(f"unknown probe model {probe_md.get('model')!r}")
+        probe = gaussian_probe(
+            frame_shape,
+            float(geometry["object_pixel_size_m"]),
+            float(probe_md["fwhm_m"]),
+            float(probe_md["curvature_radius_m"]),
+            float(geometry["energy_ev"]),
+            float(geometry.get("photons_per_frame", 1.0)),
+        )
+        return cls(
+            image_key=geometry["image_key"],
+            x_key=motors[0],
+            y_key=motors[1],
+            theta_key=motors[2] if len(motors) > 2 else None,
+            x_scale=scales[0],
+            y_scale=scales[1],
+            frame_shape=frame_shape,  # type: ignore[arg-type]
+            pixel_size=float(geometry["object_pixel_size_m"]),
+            origin_pixel=tuple(float(v) for v in geometry["stage_origin_pixel"]),  # type: ignore
+            probe=probe,
+        )
+
+    def planned_window(self, start: dict) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """Object-pixel (origin, shape) covering the scan planned in ``start``, if known."""
+        pattern = start.get("scan_pattern", {})
+        kind = pattern.get("kind")
+        if kind == "raster":
+            xs = [pattern["x_start"], pattern["x_stop"]]
+            ys = [pattern["y_start"], pattern["y_stop"]]
+        elif kind == "fermat_spiral":
+            xs = [pattern["x_center"] - pattern["radius"], pattern["x_center"] + pattern["radius"]]
+            ys = [pattern["y_center"] - pattern["radius"], pattern["y_center"] + pattern["radius"]]
+        elif kind in ("list", "ptycho_tomography") and pattern.get("positions"):
+            points = np.asarray(pattern["positions"], dtype=float)
+            xs, ys = (
+                [points[:, 0].min(), points[:, 0].max()],
+                [points[:, 1].min(), points[:, 1].max()],
+            )
+        elif "x_limits" in pattern and "y_limits" in pattern:  # adaptive scans: the space
+            xs, ys = list(pattern["x_limits"]), list(pattern["y_limits"])
+        else:
+            return None
+        corners = [self.to_pixels(x, y) for x in xs for y in ys]
+        rows = [c[0] for c in corners]
+        cols = [c[1] for c in corners]
+        half = (self.frame_shape[0] // 2 + 2, self.frame_shape[1] // 2 + 2)
+        origin = (math.floor(min(rows)) - half[0], math.floor(min(cols)) - half[1])
+        shape = (
+            math.ceil(max(rows)) + half[0] - origin[0] + 1,
+            math.ceil(max(cols)) + half[1] - origin[1] + 1,
+        )
+        return origin, shape
+
+    def to_pixels(self, x: float, y: float) -> tuple[float, float]:
+        """Stage position (motor units) -> object pixel (row, col) of the probe centre."""
+        return (
+            self.origin_pixel[0] + y * self.y_scale / self.pixel_size,
+            self.origin_pixel[1] + x * self.x_scale / self.pixel_size,
+        )
+
+
+class PtychoReconstruction(StreamingAnalysis):
+    """Reconstruct ptychography runs live (or replayed) from their documents.
+
+    Parameters
+    ----------
+    sink : callable or list of callables, optional
+        Receives the analysis run's documents (e.g. ``catalog.writer("processed")``).
+    config : PtychoConfig, optional
+        Engine settings (algorithm, batch size, device, ...).
+    snapshot_interval : float
+        Seconds between emitted snapshots while the scan runs (0: only the final one).
+    final_epochs : int
+        Epochs over all frames after the run stops, before the final snapshot.
+    max_epochs_live : float
+        Background iterations stop after this many epochs over the frames received, so
+        an idle reconstruction does not spin (more frames resume it).
+    """
+
+    processor = "ptycho_reconstruction"
+
+    def __init__(
+        self,
+        sink: Subscriber | list[Subscriber] | None = None,
+        *,
+        config: PtychoConfig | None = None,
+        snapshot_interval: float = 2.0,
+        final_epochs: int = 20,
+        max_epochs_live: float = 200.0,
+    ) -> None:
+        super().__init__(sink)
+        self.config = config or PtychoConfig()
+        self.snapshot_interval = float(snapshot_interval)
+        self.final_epochs = int(final_epochs)
+        self.max_epochs_live = float(max_epochs_live)
+        self.geometry: PtychoGeometry | None = None
+        self.engines: dict[float, PtychoEngine] = {}
+        self.analysis: AnalysisRun | None = None
+        self.raw_uid: str | None = None
+        self.skipped: list[tuple[int, str]] = []
+        self._reader = StreamFrameReader()
+        self._primary: set[str] = set()
+        self._frames: dict[int, np.ndarray] = {}
+        self._positions: dict[int, tuple[float, float, float]] = {}
+        self._last_emit = 0.0
+        self._received = 0
+        self._lock = threading.Lock()
+
+    # -- documents --------------------------------------------------------------------
+    def start(self, doc: dict) -> None:
+        self.stop_worker(timeout=30)
+        geometry = PtychoGeometry.from_start(doc)
+        self.geometry = geometry
+        if geometry is None:
+            return
+        self.raw_uid = doc["uid"]
+        self.engines = {}
+        self.skipped = []
+        self._frames.clear()
+        self._positions.clear()
+        self._primary.clear()
+        self._received = 0
+        self._window = geometry.planned_window(doc)
+        self.analysis = AnalysisRun(
+            self.sink,
+            raw_uid=doc["uid"],
+            processor=self.processor,
+            parameters={"engine": asdict(self.config), "final_epochs": self.final_epochs},
+            md={"modality": doc.get("modality"), "sample": doc.get("sample", {})},
+        )
+        self._last_emit = time.monotonic()
+        self.start_worker()
+
+    def descriptor(self, doc: dict) -> None:
+        if self.geometry is not None and doc.get("name") == "primary":
+            self._primary.add(doc["uid"])
+
+    def stream_resource(self, doc: dict) -> None:
+        if self.geometry is not None and doc.get("data_key") == self.geometry.image_key:
+            self._reader.stream_resource(doc)
+
+    def stream_datum(self, doc: dict) -> None:
+        if self.geometry is None or doc.get("descriptor") not in self._primary:
+            return
+        if self._reader.data_key(doc["stream_resource"]) != self.geometry.image_key:
+            return
+        _, seq_nums, frames = self._reader.stream_datum(doc)
+        for seq_num, frame in zip(seq_nums, frames, strict=False):
+            self._pair(seq_num, frame=frame)
+
+    def event(self, doc: dict) -> None:
+        geometry = self.geometry
+        if geometry is None or doc.get("descriptor") not in self._primary:
+            return
+        data = doc["data"]
+        theta = float(data[geometry.theta_key]) if geometry.theta_key in data else 0.0
+        self._pair(
+            doc["seq_num"],
+            position=(float(data[geometry.x_key]), float(data[geometry.y_key]), theta),
+        )
+        frame = data.get(geometry.image_key)
+        if frame is not None and doc.get("filled", {}).get(geometry.image_key, True):
+            self._pair(doc["seq_num"], frame=np.asarray(frame))
+
+    def stop(self, doc: dict) -> None:
+        if self.geometry is None or self.analysis is None:
+            return
+        unpaired = len(self._frames) + len(self._positions)
+        if unpaired:
+            self.report_warning(f"{unpaired} frames or positions never found their pair")
+        self.finish()
+
+    # -- pairing frames with positions ------------------------------------------------------
+    def _pair(
+        self,
+        seq_num: int,
+        *,
+        frame: np.ndarray | None = None,
+        position: tuple[float, float, float] | None = None,
+    ) -> None:
+        with self._lock:
+            if frame is not None:
+                self._frames[seq_num] = frame
+            if position is not None:
+                self._positions[seq_num] = position
+            if seq_num in self._frames and seq_num in self._positions:
+                self.submit((seq_num, self._frames.pop(seq_num), self._positions.pop(seq_num)))
+
+    # -- worker -----------------------------------------------------------------------
+    def _engine_for(self, theta: float) -> PtychoEngine:
+        key = round(theta, 3)
+        engine = self.engines.get(key)
+        if engine is None:
+            geometry = self.geometry
+            engine = PtychoEngine(geometry.frame_shape, geometry.probe, config=self.config)
+            if self._window is not None:  # pre-size the grid to the planned scan
+                (r0, c0), (h, w) = self._window
+                half_r, half_c = geometry.frame_shape[0] // 2, geometry.frame_shape[1] // 2
+                engine.cover(
+                    [[r0 + half_r, c0 + half_c], [r0 + h - half_r - 1, c0 + w - half_c - 1]]
+                )
+            self.engines[key] = engine
+        return engine
+
+    def process(self, item: tuple[int, np.ndarray, tuple[float, float, float]]) -> None:
+        seq_num, frame, (x, y, theta) = item
+        geometry = self.geometry
+        frame = np.asarray(frame)
+        if frame.shape != geometry.frame_shape:
+            self._skip(seq_num, f"frame shape {frame.shape} != {geometry.frame_shape}")
+            return
+        if not np.all(np.isfinite(frame)):
+            self._skip(seq_num, "frame holds NaN or inf")
+            return
+        if frame.max(initial=0) <= 0:
+            self._skip(seq_num, "frame is all zero (no beam?)")
+            return
+        row, col = geometry.to_pixels(x, y)
+        self._engine_for(theta).add_frames(
+            frame[None].astype(np.float32), [[row, col]], ids=[seq_num]
+        )
+        self._received += 1
+
+    def _skip(self, seq_num: int, reason: str) -> None:
+        self.skipped.append((seq_num, reason))
+        self.report_warning(f"{self.processor}: event {seq_num} skipped: {reason}")
+
+    def step(self) -> bool:
+        worked = False
+        for engine in list(self.engines.values()):
+            frames = engine.num_frames
+            if frames == 0:
+                continue
+            epochs = engine.num_iterations * self.config.batch_size / frames
+            if epochs < self.max_epochs_live:
+                engine.iterate(1)
+                worked = True
+        if (
+            self.snapshot_interval > 0
+            and time.monotonic() - self._last_emit > self.snapshot_interval
+        ):
+            self._emit_snapshots(final=False)
+        return worked
+
+    def finalize(self) -> None:
+        try:
+            for engine in self.engines.values():
+                if engine.num_frames:
+                    engine.run_epochs(self.final_epochs)
+            self._emit_snapshots(final=True)
+            status = "success" if not self.errors else "fail"
+            reason = "; ".join(self.errors[-3:])
+            if self.skipped:
+                reason = (reason + "; " if reason else "") + f"{len(self.skipped)} frames skipped"
+            self.analysis.close(exit_status=status, reason=reason)
+        except Exception as exc:  # noqa: BLE001
+            self.report_error(f"{self.processor}: finalize: {exc!r}")
+            self.analysis.close(exit_status="fail", reason=repr(exc))
+
+    def _emit_snapshots(self, *, final: bool) -> None:
+        """Emit each angle's reconstruction in one fixed pixel frame (the planned scan's,
+        or the first snapshot's), so that every event of the stream has the same shape."""
+        self._last_emit = time.monotonic()
+        for theta, engine in list(self.engines.items()):
+            if engine.num_frames == 0:
+                continue
+            snap = engine.snapshot()
+            if self._window is None:
+                self._window = (tuple(int(v) for v in snap.origin), snap.object.shape)
+            (r0, c0), shape = self._window
+            obj = _place(snap.object, snap.origin, (r0, c0), shape, fill=1.0)
+            illumination = _place(snap.illumination, snap.origin, (r0, c0), shape, fill=0.0)
+            self.analysis.event(
+                "reconstruction",
+                {
+                    "object_phase": np.angle(obj).astype(np.float32),
+                    "object_amplitude": np.abs(obj).astype(np.float32),
+                    "illumination": illumination.astype(np.float32),
+                    "probe_real": snap.probe.real.astype(np.float32),
+                    "probe_imag": snap.probe.imag.astype(np.float32),
+                    "origin_row": int(r0),
+                    "origin_col": int(c0),
+                    "theta": float(theta),
+                    "error": float(snap.error) if math.isfinite(snap.error) else -1.0,
+                    "num_frames": int(snap.num_frames),
+                    "num_iterations": int(snap.num_iterations),
+                    "final": bool(final),
+                },
+            )
+
+    # -- public -----------------------------------------------------------------------
+    def snapshot(self, theta: float = 0.0) -> PtychoSnapshot | None:
+        """The current reconstruction at ``theta`` (None before the first frame)."""
+        engine = self.engines.get(round(theta, 3))
+        return None if engine is None or engine.num_frames == 0 else engine.snapshot()
+
+
+def _place(array: np.ndarray, origin, frame_origin, frame_shape, fill: float) -> np.ndarray:
+    """``array`` (index (0, 0) at pixel ``origin``) cut/padded to a fixed pixel frame."""
+    out = np.full(frame_shape, fill, dtype=array.dtype)
+    r0, c0 = int(origin[0]) - frame_origin[0], int(origin[1]) - frame_origin[1]
+    rs, cs = max(0, r0), max(0, c0)
+    re_, ce = min(frame_shape[0], r0 + array.shape[0]), min(frame_shape[1], c0 + array.shape[1])
+    if re_ > rs and ce > cs:
+        out[rs:re_, cs:ce] = array[rs - r0 : re_ - r0, cs - c0 : ce - c0]
+    return out

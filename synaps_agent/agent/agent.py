@@ -1,0 +1,520 @@
+"""The imaging agent: bluesky-adaptive style ``tell`` / ``ask`` / ``report`` around the GP
+surrogate, physics-aware candidates, the safety gate and the stopping rule.
+
+No Bluesky import here: a Bluesky-facing adapter calls these methods.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synaps_agent.agent.acquisition import ACQUISITIONS, order_by_travel, select_batch
+from synaps_agent.agent.candidates import CandidateGenerator
+from synaps_agent.agent.safety import SafetyGate
+from synaps_agent.agent.space import ScanSpace
+from synaps_agent.agent.stopping import StoppingRule, mean_uncertainty
+from synaps_agent.agent.surrogate import GainSurrogate, SurrogateConfig
+
+__all__ = ["STATE_VERSION", "AgentConfig", "ImagingAgent"]
+
+STATE_VERSION = "synaps-agent-state/1"
+
+
+@dataclass
+class AgentConfig:
+    """Settings of :class:`ImagingAgent`.
+
+    Parameters
+    ----------
+    acquisition : {"ucb", "ei", "variance"}
+    beta : float
+        UCB exploration weight (``mean + sqrt(beta) * std``).
+    cost_aware : bool
+        Score = acquisition / (travel time from the current position + exposure time).
+    exposure_time : float
+        Seconds per exposure (cost model and simulated clock).
+    probe_fwhm : float or None
+        Probe footprint FWHM in spatial units (prior integration, default spacings).
+    max_step : float or None
+        Ptychography overlap constraint: spatial candidates lie within ``max_step`` of a
+        measured point (or on the seed lattice). ``None``: no constraint.
+    lattice_step : float or None
+        Fine candidate lattice spacing (default ``max_step / 2``, else ``0.3 * probe_fwhm``,
+        else 1/64 of the smallest spatial span).
+    seed_spacing : float or None
+        Coarse seed lattice spacing (default ``4 * max_step`` when ``max_step`` is set).
+    angle_step : float
+        Candidate angular grid step (axis units).
+    max_candidates : int
+        Candidates scored per decision (seeded random subsample beyond).
+    tolerance : dict or None
+        Per-axis duplicate tolerance (default: ``Axis.tolerance``, else a quarter of the
+        lattice step for spatial axes and half the angle step for angles).
+    batch_min_distance : float
+        Minimum distance between points of one batch, in tolerance units.
+    surrogate : SurrogateConfig
+    """
+
+    acquisition: str = "ucb"
+    beta: float = 4.0
+    cost_aware: bool = True
+    exposure_time: float = 1.0
+    probe_fwhm: float | None = None
+    max_step: float | None = None
+    lattice_step: float | None = None
+    seed_spacing: float | None = None
+    angle_step: float = 0.25
+    max_candidates: int = 1024
+    tolerance: dict[str, float] | None = None
+    batch_min_distance: float = 1.0
+    surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AgentConfig:
+        d = dict(d)
+        d["surrogate"] = SurrogateConfig(**d.get("surrogate", {}))
+        return cls(**d)
+
+
+class ImagingAgent:
+    """Bayesian-optimization agent choosing where (x, y) and from which side (theta) to
+    measure next.
+
+    Parameters
+    ----------
+    space : ScanSpace
+    config : AgentConfig, optional
+    stopping : StoppingRule, optional
+    seed : int
+        Seed of every random choice; same seed + same tells => same suggestions.
+    start_position : dict or array, optional
+        Current motor position (for travel costs before the first ``tell``).
+
+    Examples
+    --------
+    >>> agent = ImagingAgent(space, AgentConfig(probe_fwhm=2.0, max_step=0.8), seed=1)
+    >>> agent.update_prior(uncertainty_map, extent=(0, 20, 0, 20))
+    >>> docs, points = agent.ask(4)
+    >>> agent.tell(points[0], {"gain": 0.12})
+    """
+
+    def __init__(
+        self,
+        space: ScanSpace,
+        config: AgentConfig | None = None,
+        *,
+        stopping: StoppingRule | None = None,
+        seed: int = 0,
+        start_position: Any | None = None,
+    ) -> None:
+        self.space = space
+        self.config = config = config or AgentConfig()
+        if config.acquisition not in ACQUISITIONS:
+            raise ValueError(
+                f"acquisition must be one of {ACQUISITIONS}, got {config.acquisition!r}"
+            )
+        self.stopping = stopping or StoppingRule()
+        self.seed = int(seed)
+        self.rng = np.random.default_rng(self.seed)
+        si = space.spatial_index
+        if config.lattice_step is not None:
+            step = config.lattice_step
+        elif config.max_step is not None:
+            step = config.max_step / 2
+        elif config.probe_fwhm is not None:
+            step = 0.3 * config.probe_fwhm
+        elif si:
+            step = float(np.min(space.high[si] - space.low[si])) / 64
+        else:
+            step = 1.0
+        seed_spacing = config.seed_spacing
+        if seed_spacing is None and config.max_step is not None:
+            seed_spacing = 4 * config.max_step
+        tol = np.empty(space.ndim)
+        user_tol = config.tolerance or {}
+        for i, ax in enumerate(space.axes):
+            if ax.name in user_tol:
+                tol[i] = float(user_tol[ax.name])
+            elif ax.tolerance is not None:
+                tol[i] = ax.tolerance
+            else:
+                tol[i] = 0.25 * step if ax.period is None else 0.5 * config.angle_step
+        self.tolerance = tol
+        self.candidates = CandidateGenerator(
+            space, step, config.max_step, seed_spacing, config.angle_step, config.max_candidates
+        )
+        self.gate = SafetyGate(space, tol)
+        self.surrogate = GainSurrogate(space, config.probe_fwhm, config.surrogate)
+        self.position: np.ndarray | None = (
+            None if start_position is None else space.to_array(start_position)[0]
+        )
+        self.elapsed_time = 0.0
+        self.n_asks = 0
+        self.pending_X = np.zeros((0, space.ndim))
+        self.pending_P = np.zeros((0, 2))
+        self.uncertainty_map: np.ndarray | None = None
+        self.extent: tuple[float, float, float, float] | None = None
+        self.angle_prior: tuple[np.ndarray, np.ndarray] | None = None
+        self.last_ask_latency: float | None = None
+
+    # -- priors ------------------------------------------------------------------------------
+    def update_prior(
+        self, uncertainty_map: np.ndarray, extent: tuple[float, float, float, float]
+    ) -> None:
+        """Give the live segmentation uncertainty map (per pixel, e.g. predictive entropy).
+
+        Parameters
+        ----------
+        uncertainty_map : array of shape ``(ny, nx)``
+            Row ``i`` at ``y``, column ``j`` at ``x``; ``[0, 0]`` at ``(xmin, ymin)``.
+        extent : (xmin, xmax, ymin, ymax)
+            Outer pixel edges in stage coordinates (spatial axes in space order).
+        """
+        self.surrogate.set_prior_map(uncertainty_map, extent)
+        self.uncertainty_map = np.array(uncertainty_map, dtype=float)
+        self.extent = tuple(float(v) for v in extent)
+
+    def update_prior_1d(self, values: np.ndarray, angles: np.ndarray) -> None:
+        """Give the prior over the rotation angle (e.g. the forward projection of the
+        uncertainty map along the rays at each angle), interpolated periodically."""
+        self.surrogate.set_prior_angles(values, angles)
+        self.angle_prior = (np.array(values, dtype=float), np.array(angles, dtype=float))
+
+    # -- tell --------------------------------------------------------------------------------
+    def tell(self, x: Any, y: Mapping[str, Any]) -> dict[str, Any]:
+        """Report a measurement.
+
+        Parameters
+        ----------
+        x : dict or array of shape ``(d,)``
+            The measured point.
+        y : dict
+            ``{"gain": float}`` (uncertainty removed by the measurement); optional
+            ``"time"``: seconds actually spent (otherwise travel + exposure are estimated).
+
+        Returns
+        -------
+        dict
+            A small document describing what was recorded.
+        """
+        p = self.space.to_array(x)
+        if len(p) != 1:
+            raise ValueError("tell takes one point; use tell_many")
+        if "gain" not in y:
+            raise ValueError(f"y must contain 'gain', got keys {sorted(y)}")
+        gain = float(y["gain"])
+        if not (math.isfinite(gain) and np.all(np.isfinite(p))):
+            raise ValueError(f"non-finite point or gain: {p[0].tolist()}, {gain}")
+        if "time" in y:
+            dt = float(y["time"])
+        else:
+            travel = (
+                0.0 if self.position is None else float(self.space.travel_time(self.position, p)[0])
+            )
+            dt = travel + self.config.exposure_time
+        prior = self._pop_pending(p)
+        self.surrogate.add(p, np.array([gain]), prior)
+        self.gate.record_measured(p)
+        self.position = p[0].copy()
+        self.elapsed_time += dt
+        return {"point": self.space.to_dicts(p)[0], "gain": gain, "time": dt,
+                "prior": prior[0].tolist(), "n_observations": self.surrogate.n}  # fmt: skip
+
+    def tell_many(self, xs: Any, ys: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """``tell`` for each ``(x, y)`` pair, in order."""
+        pts = self.space.to_array(xs)
+        if len(pts) != len(ys):
+            raise ValueError(f"{len(pts)} points but {len(ys)} results")
+        return [self.tell(p, y) for p, y in zip(pts, ys, strict=True)]
+
+    def _pop_pending(self, p: np.ndarray) -> np.ndarray:
+        """Prior snapshot taken when ``p`` was suggested, else the current prior at ``p``."""
+        if len(self.pending_X):
+            e = self.space.scaled_embedding(self.pending_X, self.tolerance)
+            q = self.space.scaled_embedding(p, self.tolerance)
+            d2 = np.sum((e - q) ** 2, axis=1)
+            j = int(np.argmin(d2))
+            if d2[j] <= 1.0:
+                snap = self.pending_P[j : j + 1].copy()
+                keep = np.arange(len(self.pending_X)) != j
+                self.pending_X, self.pending_P = self.pending_X[keep], self.pending_P[keep]
+                return snap
+        return self.surrogate.prior_values(p)
+
+    # -- failures / stopping -----------------------------------------------------------------
+    def record_failure(self, point: Any, reason: str) -> None:
+        """A move or exposure at ``point`` failed: never propose it again (within tolerance)
+        unless :meth:`clear_failures` is called."""
+        self.gate.record_failure(point, reason)
+
+    def clear_failures(self, point: Any | None = None) -> int:
+        """Forget recorded failures (all, or near ``point``); returns how many."""
+        return self.gate.clear_failures(point)
+
+    def current_uncertainty(self) -> float | None:
+        """Mean uncertainty over the stopping rule's ROI (2D map), else the mean of the 1D
+        angle prior, else ``None``."""
+        if self.uncertainty_map is not None:
+            names = tuple(self.space.names[i] for i in self.space.spatial_index)
+            return mean_uncertainty(self.uncertainty_map, self.extent, self.stopping.roi, names)
+        if self.angle_prior is not None:
+            return float(np.mean(self.angle_prior[0]))
+        return None
+
+    def should_stop(self) -> tuple[bool, str]:
+        """Evaluate the stopping rule: ``(stop, reason)``."""
+        return self.stopping.check(self.surrogate.n, self.elapsed_time, self.current_uncertainty())
+
+    # -- ask ---------------------------------------------------------------------------------
+    def ask(self, batch_size: int = 1) -> tuple[list[dict[str, Any]], np.ndarray]:
+        """Suggest the next ``batch_size`` points, ordered to minimise travel.
+
+        Returns
+        -------
+        docs : list of dict
+            One per point: the point, its acquisition value, predicted gain and std, travel
+            time from the previous point, candidate score summary, acquisition name, GP
+            hyperparameters and the current position.
+        points : numpy.ndarray of shape ``(batch_size, d)``
+            In travel order; may be shorter if fewer admissible candidates remain.
+
+        Raises
+        ------
+        NoAdmissibleCandidateError
+            When no admissible candidate remains.
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        t0 = time.perf_counter()
+        cfg = self.config
+        sur = self.surrogate
+        if sur.needs_fit():
+            sur.fit(self.rng)
+        raw = self.candidates(self.gate.measured.points, self.rng)
+        n_raw = len(raw)
+        cands = self.gate.filter(raw)
+        n_admissible = len(cands)
+        cands = self.candidates.subsample(cands, self.rng)
+        post = sur.posterior(cands)
+        best_f = float(np.max(sur.y)) if sur.n else 0.0
+        idx, values, summary = select_batch(
+            post,
+            cands,
+            batch_size,
+            space=self.space,
+            acquisition=cfg.acquisition,
+            beta=cfg.beta,
+            best_f=best_f,
+            cost_aware=cfg.cost_aware,
+            start=self.position,
+            exposure_time=cfg.exposure_time,
+            embedding=lambda c: self.space.scaled_embedding(c, self.tolerance),
+            min_distance=cfg.batch_min_distance,
+        )
+        order = order_by_travel(self.space, self.position, cands[idx])
+        idx, values = idx[order], values[order]
+        points = self.gate.finalize(cands[idx])
+        prior = sur.prior_values(points)
+        self.pending_X = np.concatenate([self.pending_X, points])[-1024:]
+        self.pending_P = np.concatenate([self.pending_P, prior])[-1024:]
+        self.n_asks += 1
+        latency = time.perf_counter() - t0
+        self.last_ask_latency = latency
+        hyper = sur.hyperparameters()
+        summary.update(n_generated=n_raw, n_admissible=n_admissible, n_scored=len(cands))
+        position = None if self.position is None else self.space.to_dicts(self.position)[0]
+        docs = []
+        prev = self.position
+        for k, (j, point) in enumerate(zip(idx, points, strict=True)):
+            travel = 0.0 if prev is None else float(self.space.travel_time(prev, point)[0])
+            prev = point
+            docs.append({
+                "point": self.space.to_dicts(point)[0],
+                "acquisition": cfg.acquisition,
+                "cost_aware": cfg.cost_aware,
+                "acquisition_value": float(values[k]),
+                "predicted_gain": float(post.mean[j]),
+                "predicted_std": float(post.std[j]),
+                "prior": prior[k].tolist(),
+                "travel_time": travel,
+                "batch_index": k,
+                "batch_size": len(points),
+                "candidates": dict(summary),
+                "hyperparameters": hyper,
+                "current_position": position,
+                "n_observations": sur.n,
+                "ask_index": self.n_asks,
+                "latency_s": latency,
+            })  # fmt: skip
+        return docs, points
+
+    # -- report ------------------------------------------------------------------------------
+    def report(self) -> dict[str, Any]:
+        """Summary: GP hyperparameters, observation counts, gains, uncertainty, stop status."""
+        sur = self.surrogate
+        stop, reason = self.should_stop()
+        return {
+            "n_observations": sur.n,
+            "n_failures": len(self.gate.failed.points),
+            "n_asks": self.n_asks,
+            "elapsed_time": self.elapsed_time,
+            "position": None if self.position is None else self.space.to_dicts(self.position)[0],
+            "hyperparameters": sur.hyperparameters(),
+            "best_gain": float(np.max(sur.y)) if sur.n else None,
+            "mean_gain": float(np.mean(sur.y)) if sur.n else None,
+            "total_gain": float(np.sum(sur.y)),
+            "mean_uncertainty": self.current_uncertainty(),
+            "max_uncertainty": None
+            if self.uncertainty_map is None
+            else float(np.max(self.uncertainty_map)),
+            "last_ask_latency_s": self.last_ask_latency,
+            "stop": stop,
+            "stop_reason": reason,
+        }
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The full state as ``{"meta": JSON-able dict, "arrays": {name: ndarray}}``."""
+        arrays: dict[str, np.ndarray] = {
+            f"s.{k}": np.asarray(v) for k, v in self.surrogate.state_arrays().items()
+        }
+        arrays["measured"] = self.gate.measured.points
+        arrays["failed"] = self.gate.failed.points
+        arrays["pending_X"], arrays["pending_P"] = self.pending_X, self.pending_P
+        if self.uncertainty_map is not None:
+            arrays["umap"] = self.uncertainty_map
+            arrays["uextent"] = np.asarray(self.extent)
+        if self.angle_prior is not None:
+            arrays["aprior_values"], arrays["aprior_angles"] = self.angle_prior
+        meta = {
+            "version": STATE_VERSION,
+            "space": self.space.to_dict(),
+            "config": asdict(self.config),
+            "stopping": self.stopping.to_dict(),
+            "seed": self.seed,
+            "rng": self.rng.bit_generator.state,
+            "position": None if self.position is None else self.position.tolist(),
+            "elapsed_time": self.elapsed_time,
+            "n_asks": self.n_asks,
+            "failure_reasons": list(self.gate.failure_reasons),
+            "surrogate": self.surrogate.state_meta(),
+        }
+        return {"meta": meta, "arrays": arrays}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (validated; ``ValueError`` when unusable)."""
+        try:
+            meta, arrays = state["meta"], state["arrays"]
+            if meta.get("version") != STATE_VERSION:
+                raise ValueError(
+                    f"unknown agent state version {meta.get('version')!r} "
+                    f"(expected {STATE_VERSION!r})"
+                )
+            if ScanSpace.from_dict(meta["space"]).to_dict() != self.space.to_dict():
+                raise ValueError("state was saved for a different scan space")
+            s_arrays = {k[2:]: v for k, v in arrays.items() if k.startswith("s.")}
+            self.surrogate.load_state(s_arrays, meta["surrogate"])
+            d = self.space.ndim
+            measured = np.asarray(arrays["measured"], dtype=float).reshape(-1, d)
+            failed = np.asarray(arrays["failed"], dtype=float).reshape(-1, d)
+            if len(meta["failure_reasons"]) != len(failed):
+                raise ValueError("failure reasons and failed points disagree")
+            self.gate.measured.set(measured)
+            self.gate.failed.set(failed)
+            self.gate.failure_reasons = [str(r) for r in meta["failure_reasons"]]
+            self.pending_X = np.asarray(arrays["pending_X"], dtype=float).reshape(-1, d)
+            self.pending_P = np.asarray(arrays["pending_P"], dtype=float).reshape(-1, 2)
+            if "umap" in arrays:
+                self.uncertainty_map = np.asarray(arrays["umap"], dtype=float)
+                self.extent = tuple(float(v) for v in arrays["uextent"])
+            else:
+                self.uncertainty_map, self.extent = None, None
+            if "aprior_values" in arrays:
+                self.angle_prior = (np.asarray(arrays["aprior_values"], dtype=float),
+                                    np.asarray(arrays["aprior_angles"], dtype=float))  # fmt: skip
+            else:
+                self.angle_prior = None
+            self.rng = np.random.default_rng()
+            self.rng.bit_generator.state = meta["rng"]
+            self.seed = int(meta["seed"])
+            pos = meta["position"]
+            self.position = None if pos is None else np.asarray(pos, dtype=float)
+            self.elapsed_time = float(meta["elapsed_time"])
+            self.n_asks = int(meta["n_asks"])
+            self.stopping = StoppingRule.from_dict(meta["stopping"])
+        except ValueError:
+            raise
+        except (KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise ValueError(f"corrupted agent state: {type(exc).__name__}: {exc}") from None
+
+    def save(self, path: str | Path) -> tuple[Path, Path]:
+        """Write the state as ``<path>.json`` (metadata) + ``<path>.npz`` (arrays); no pickle.
+
+        Returns
+        -------
+        (json_path, npz_path)
+        """
+        base = _base(path)
+        state = self.state_dict()
+        buf = io.BytesIO()
+        np.savez(buf, **state["arrays"])
+        payload = buf.getvalue()
+        meta = dict(state["meta"], arrays_sha256=hashlib.sha256(payload).hexdigest())
+        jpath, npath = _paths(base)
+        npath.write_bytes(payload)
+        jpath.write_text(json.dumps(meta, indent=1))
+        return jpath, npath
+
+    @classmethod
+    def load(cls, path: str | Path) -> ImagingAgent:
+        """Rebuild an agent saved by :meth:`save`; ``ValueError`` on corrupted or
+        unknown-version files."""
+        base = _base(path)
+        jpath, npath = _paths(base)
+        try:
+            meta = json.loads(jpath.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read agent state {jpath}: {exc}") from None
+        if not isinstance(meta, dict) or meta.get("version") != STATE_VERSION:
+            version = meta.get("version") if isinstance(meta, dict) else None
+            raise ValueError(f"{jpath}: unknown agent state version {version!r}")
+        try:
+            payload = npath.read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read agent arrays {npath}: {exc}") from None
+        if hashlib.sha256(payload).hexdigest() != meta.get("arrays_sha256"):
+            raise ValueError(f"{npath}: checksum mismatch (corrupted or from another save)")
+        try:
+            with np.load(io.BytesIO(payload), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            agent = cls(
+                ScanSpace.from_dict(meta["space"]),
+                AgentConfig.from_dict(meta["config"]),
+                stopping=StoppingRule.from_dict(meta["stopping"]),
+                seed=int(meta["seed"]),
+            )
+        except ValueError:
+            raise
+        except Exception as exc:  # zip / format errors from a damaged file
+            raise ValueError(f"corrupted agent state {base}: {type(exc).__name__}: {exc}") from None
+        agent.load_state_dict({"meta": meta, "arrays": arrays})
+        return agent
+
+
+def _base(path: str | Path) -> Path:
+    p = Path(path)
+    return p.with_suffix("") if p.suffix in (".json", ".npz") else p
+
+
+def _paths(base: Path) -> tuple[Path, Path]:
+    return base.parent / (base.name + ".json"), base.parent / (base.name + ".npz")

@@ -1,0 +1,157 @@
+"""Physics-aware candidate sets for ptychography, tomography and ptycho-tomography.
+
+* Ptychography (non-periodic axes): a fine lattice over the limits; a lattice point is a
+  candidate when it lies within ``max_step`` of an already measured point (so it keeps probe
+  overlap with a measured neighbour), or when it belongs to the coarse *seed* lattice (where
+  new islands may start). With ``max_step=None`` the whole fine lattice is a candidate.
+* Tomography (periodic axis): a fine angle grid in ``[low, min(high, low + period))``.
+* Both: the product, randomly (seeded) subsampled to ``max_candidates``.
+
+Measured, failed and excluded points are removed afterwards by the
+:class:`~synaps_agent.agent.safety.SafetyGate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from synaps_agent.agent.space import ScanSpace
+
+__all__ = ["CandidateGenerator", "angle_grid", "lattice"]
+
+
+def lattice(low: np.ndarray, high: np.ndarray, step: float) -> np.ndarray:
+    """A regular lattice of spacing ``step`` covering ``[low, high]`` (centred in the box).
+
+    Returns
+    -------
+    numpy.ndarray of shape ``(n, len(low))``
+    """
+    axes = []
+    for lo, hi in zip(low, high, strict=True):
+        n = int(np.floor((hi - lo) / step + 1e-9)) + 1
+        margin = 0.5 * ((hi - lo) - (n - 1) * step)
+        axes.append(lo + margin + step * np.arange(n))
+    grids = np.meshgrid(*axes, indexing="xy")
+    return np.stack([g.ravel() for g in grids], axis=1)
+
+
+def angle_grid(low: float, high: float, period: float, step: float) -> np.ndarray:
+    """Angles ``low, low + step, ...`` up to ``min(high, low + period)`` (``low + period``
+    itself excluded, being equivalent to ``low``)."""
+    top = min(high, low + period)
+    n = int(np.floor((top - low) / step + 1e-9)) + 1
+    a = low + step * np.arange(n)
+    a = a[a <= top + 1e-12]
+    keep = a < low + period - 1e-9
+    return np.minimum(a[keep], high)
+
+
+@dataclass
+class CandidateGenerator:
+    """Builds the candidate set for the next decision.
+
+    Parameters
+    ----------
+    space : ScanSpace
+    lattice_step : float
+        Spacing of the fine spatial lattice (stage units).
+    max_step : float or None
+        Maximum distance from a measured point for a spatial candidate (overlap
+        constraint); ``None`` disables the constraint.
+    seed_spacing : float or None
+        Spacing of the coarse seed lattice whose points are always candidates (``None``: no
+        seeds besides the fine lattice when nothing has been measured yet).
+    angle_step : float
+        Angular grid step for periodic axes.
+    max_candidates : int
+        Larger candidate sets are randomly subsampled (with the caller's seeded generator).
+    """
+
+    space: ScanSpace
+    lattice_step: float
+    max_step: float | None
+    seed_spacing: float | None
+    angle_step: float = 0.25
+    max_candidates: int = 2048
+
+    def __post_init__(self) -> None:
+        sp = self.space
+        si, ai = sp.spatial_index, sp.angle_index
+        if len(ai) > 1:
+            raise ValueError("at most one periodic (rotation) axis is supported")
+        self._fine = lattice(sp.low[si], sp.high[si], self.lattice_step) if si else None
+        if si and self.seed_spacing is not None:
+            self._seeds = lattice(sp.low[si], sp.high[si], self.seed_spacing)
+        else:
+            self._seeds = None
+        if ai:
+            ax = sp.axes[ai[0]]
+            self._angles = angle_grid(ax.low, ax.high, ax.period, self.angle_step)
+        else:
+            self._angles = None
+
+    def spatial(self, measured: np.ndarray) -> np.ndarray:
+        """Spatial candidates (columns = non-periodic axes) given measured points.
+
+        The set of fine-lattice points within ``max_step`` of a measured point is updated
+        incrementally (measured points only accumulate); it is rebuilt if fewer points are
+        passed than were seen before.
+        """
+        si = self.space.spatial_index
+        if self.max_step is None:
+            return self._fine
+        if not hasattr(self, "_near") or len(measured) < self._n_seen:
+            self._near = np.zeros(len(self._fine), dtype=bool)
+            self._n_seen = 0
+            self._fine_tree = cKDTree(self._fine)
+        new = measured[self._n_seen :, si]
+        if len(new):
+            hits = self._fine_tree.query_ball_point(new, r=self.max_step * (1 + 1e-9))
+            flat = [i for h in hits for i in h]
+            if flat:
+                self._near[np.asarray(flat, dtype=int)] = True
+            self._n_seen = len(measured)
+        parts = [self._fine[self._near]]
+        if self._seeds is not None:
+            parts.append(self._seeds)
+        elif not len(measured):
+            parts.append(self._fine)
+        return np.concatenate(parts, axis=0)
+
+    def __call__(self, measured: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """All candidates in the space's column order (not yet safety-filtered)."""
+        sp = self.space
+        si, ai = sp.spatial_index, sp.angle_index
+        if si and ai:
+            xy = self.spatial(measured)
+            n_total = len(xy) * len(self._angles)
+            if n_total > 4 * self.max_candidates:  # sample the product without building it
+                flat = rng.choice(n_total, size=4 * self.max_candidates, replace=False)
+                flat.sort()
+                ixy, ia = np.divmod(flat, len(self._angles))
+            else:
+                ixy, ia = np.divmod(np.arange(n_total), len(self._angles))
+            out = np.zeros((len(ixy), sp.ndim))
+            out[:, si] = xy[ixy]
+            out[:, ai[0]] = self._angles[ia]
+            return out
+        if si:
+            out = np.zeros((0, sp.ndim))
+            xy = self.spatial(measured)
+            out = np.zeros((len(xy), sp.ndim))
+            out[:, si] = xy
+            return out
+        out = np.zeros((len(self._angles), sp.ndim))
+        out[:, ai[0]] = self._angles
+        return out
+
+    def subsample(self, candidates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """At most ``max_candidates`` rows, chosen at random (order preserved)."""
+        if len(candidates) <= self.max_candidates:
+            return candidates
+        idx = np.sort(rng.choice(len(candidates), size=self.max_candidates, replace=False))
+        return candidates[idx]
