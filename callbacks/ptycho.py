@@ -123,6 +123,23 @@ class PtychoGeometry:
         )
         return origin, shape
 
+    def image_geometry(self) -> dict:
+        """Pixel-to-stage mapping of the reconstructed image (JSON-friendly).
+
+        Pixel ``(row, col)`` of the object frame sits at stage
+        ``x = (col - stage_origin_pixel[1]) * pixel_size_m / x_unit_m`` and
+        ``y = (row - stage_origin_pixel[0]) * pixel_size_m / y_unit_m``.
+        """
+        return {
+            "pixel_size_m": self.pixel_size,
+            "stage_origin_pixel": list(self.origin_pixel),
+            "x_key": self.x_key,
+            "y_key": self.y_key,
+            "theta_key": self.theta_key,
+            "x_unit_m": self.x_scale,
+            "y_unit_m": self.y_scale,
+        }
+
     def to_pixels(self, x: float, y: float) -> tuple[float, float]:
         """Stage position (motor units) -> object pixel (row, col) of the probe centre."""
         return (
@@ -198,7 +215,12 @@ class PtychoReconstruction(StreamingAnalysis):
             raw_uid=doc["uid"],
             processor=self.processor,
             parameters={"engine": asdict(self.config), "final_epochs": self.final_epochs},
-            md={"modality": doc.get("modality"), "sample": doc.get("sample", {})},
+            md={
+                "modality": doc.get("modality"),
+                "sample": doc.get("sample", {}),
+                # how an image pixel maps to the stage: x = (col - origin_col) * pixel / x_unit
+                "image_geometry": geometry.image_geometry(),
+            },
         )
         self._last_emit = time.monotonic()
         self.start_worker()
