@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -164,6 +164,11 @@ class PtychoReconstruction(StreamingAnalysis):
     max_epochs_live : float
         Background iterations stop after this many epochs over the frames received, so
         an idle reconstruction does not spin (more frames resume it).
+    refine_probe_live : bool
+        Refine the probe while frames are still arriving. Off by default: the probe from
+        the metadata is held fixed until the run stops, because refining it from the few
+        frames of a partial scan can lead the reconstruction into a poor local minimum;
+        the final epochs refine it (if the config's ``beta_probe`` > 0).
     """
 
     processor = "ptycho_reconstruction"
@@ -174,14 +179,16 @@ class PtychoReconstruction(StreamingAnalysis):
         *,
         config: PtychoConfig | None = None,
         snapshot_interval: float = 2.0,
-        final_epochs: int = 20,
+        final_epochs: int = 50,
         max_epochs_live: float = 200.0,
+        refine_probe_live: bool = False,
     ) -> None:
         super().__init__(sink)
         self.config = config or PtychoConfig()
         self.snapshot_interval = float(snapshot_interval)
         self.final_epochs = int(final_epochs)
         self.max_epochs_live = float(max_epochs_live)
+        self.refine_probe_live = bool(refine_probe_live)
         self.geometry: PtychoGeometry | None = None
         self.engines: dict[float, PtychoEngine] = {}
         self.analysis: AnalysisRun | None = None
@@ -286,7 +293,10 @@ class PtychoReconstruction(StreamingAnalysis):
         engine = self.engines.get(key)
         if engine is None:
             geometry = self.geometry
-            engine = PtychoEngine(geometry.frame_shape, geometry.probe, config=self.config)
+            live_config = (
+                self.config if self.refine_probe_live else replace(self.config, beta_probe=0.0)
+            )
+            engine = PtychoEngine(geometry.frame_shape, geometry.probe, config=live_config)
             if self._window is not None:  # pre-size the grid to the planned scan
                 (r0, c0), (h, w) = self._window
                 half_r, half_c = geometry.frame_shape[0] // 2, geometry.frame_shape[1] // 2
@@ -339,6 +349,7 @@ class PtychoReconstruction(StreamingAnalysis):
     def finalize(self) -> None:
         try:
             for engine in self.engines.values():
+                engine.config = self.config  # probe refinement (if any) from here on
                 if engine.num_frames:
                     engine.run_epochs(self.final_epochs)
             self._emit_snapshots(final=True)

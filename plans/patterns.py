@@ -16,7 +16,15 @@ GOLDEN_RATIO = (1 + math.sqrt(5)) / 2
 
 
 def raster_positions(
-    x_start: float, x_stop: float, y_start: float, y_stop: float, step: float, *, snake: bool = True
+    x_start: float,
+    x_stop: float,
+    y_start: float,
+    y_stop: float,
+    step: float,
+    *,
+    snake: bool = True,
+    jitter: float = 0.0,
+    seed: int = 0,
 ) -> np.ndarray:
     """Grid of (x, y) positions covering a rectangle, row by row.
 
@@ -28,6 +36,11 @@ def raster_positions(
         Distance between neighbouring positions (> 0).
     snake : bool
         Reverse every other row, so the stage never flies back across the sample.
+    jitter : float
+        Random offset of each position, uniform in ``+-jitter * step / 2`` on each axis
+        (seeded by ``seed``). A little jitter (0.1-0.3) breaks the grid periodicity that
+        makes raster ptychography converge to periodic artefacts; the offsets are part of
+        the planned positions, so they are recorded exactly.
 
     Returns
     -------
@@ -40,7 +53,13 @@ def raster_positions(
     for i, y in enumerate(ys):
         row_x = xs[::-1] if (snake and i % 2) else xs
         rows.append(np.column_stack([row_x, np.full_like(row_x, y)]))
-    return np.concatenate(rows)
+    points = np.concatenate(rows)
+    if jitter:
+        if not 0 <= jitter <= 1:
+            raise ValueError(f"jitter must be in [0, 1] (a fraction of the step), got {jitter}")
+        rng = np.random.default_rng(seed)
+        points = points + rng.uniform(-0.5, 0.5, points.shape) * jitter * step
+    return points
 
 
 def fermat_spiral_positions(

@@ -134,6 +134,8 @@ def raster_ptycho_scan(
     step: float,
     *,
     snake: bool = True,
+    jitter: float = 0.0,
+    seed: int = 0,
     shutter: Movable | None = None,
     md: dict | None = None,
 ) -> Plan:
@@ -142,7 +144,9 @@ def raster_ptycho_scan(
     See :func:`~synaps_agent.plans.patterns.raster_positions` for the grid and
     :func:`ptycho_scan` for what is yielded.
     """
-    points = raster_positions(x_start, x_stop, y_start, y_stop, step, snake=snake)
+    points = raster_positions(
+        x_start, x_stop, y_start, y_stop, step, snake=snake, jitter=jitter, seed=seed
+    )
     pattern = {
         "kind": "raster",
         "x_start": x_start,
@@ -151,6 +155,8 @@ def raster_ptycho_scan(
         "y_stop": y_stop,
         "step": step,
         "snake": snake,
+        "jitter": jitter,
+        "seed": seed,
     }
     md = {"plan_name": "raster_ptycho_scan", **(md or {})}
     return (

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from bluesky import RunEngine
 from event_model import schema_validators
 
 from synaps_agent.catalog import open_catalog
 from synaps_agent.sim_devices.beamline import make_sim_beamline
 from synaps_agent.sim_devices.phantoms import make_phantom
+
+
+# One torch thread: the tests run a RunEngine, worker threads and sometimes a Tiled server
+# on 2 cores, where two torch threads fight the other threads (and each other) badly.
+torch.set_num_threads(1)
 
 
 class DocumentLog:
