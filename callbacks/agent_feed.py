@@ -1,0 +1,195 @@
+"""The agent's view of the experiment: priors from the live segmentation, gains from
+how much each measurement reduced the uncertainty where it looked.
+
+:class:`AgentFeed` sits between the adaptive plan and the
+:class:`~synaps_agent.agent.ImagingAgent`. The plan calls :meth:`AgentFeed.measured` after
+each exposure and :meth:`AgentFeed.ask` for the next batch. The feed reads the latest
+uncertainty map (from :class:`~synaps_agent.callbacks.segmentation.LiveSegmentation`, or
+any callable returning ``(map, extent)``), gives it to the agent as prior, and tells the
+agent, for each measured point once a newer map exists, the *gain*: the mean uncertainty
+in the probe's footprint before the measurement minus after. Each decision is emitted as
+an event of an analysis run (stream ``decisions``), so it is stored and reproducible.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .analysis import AnalysisRun, Subscriber
+
+__all__ = ["AgentFeed", "footprint_mean"]
+
+logger = logging.getLogger("synaps_agent.callbacks")
+
+UncertaintySource = Callable[[], tuple[np.ndarray, tuple[float, float, float, float]] | None]
+
+
+def footprint_mean(
+    uncertainty: np.ndarray,
+    extent: tuple[float, float, float, float],
+    point: tuple[float, float],
+    radius: float,
+) -> float:
+    """Mean of ``uncertainty`` within ``radius`` of ``point`` (stage units).
+
+    ``uncertainty[0, 0]`` sits at ``(xmin, ymin)``; rows run along y. Points whose
+    footprint misses the map count as fully uncertain (1.0).
+    """
+    ny, nx = uncertainty.shape
+    xmin, xmax, ymin, ymax = extent
+    dx, dy = (xmax - xmin) / nx, (ymax - ymin) / ny
+    xs = xmin + (np.arange(nx) + 0.5) * dx
+    ys = ymin + (np.arange(ny) + 0.5) * dy
+    inside = (xs[None, :] - point[0]) ** 2 + (ys[:, None] - point[1]) ** 2 <= radius**2
+    if not inside.any():
+        return 1.0
+    return float(uncertainty[inside].mean())
+
+
+@dataclass
+class _Pending:
+    point: np.ndarray
+    before: float
+    version: int
+    time: float
+
+
+class AgentFeed:
+    """Connect a live uncertainty map to an agent.
+
+    Parameters
+    ----------
+    agent : ImagingAgent
+        Has ``update_prior``, ``tell``, ``ask``, ``should_stop``, ``report``.
+    uncertainty : callable
+        Returns the latest ``(map, extent)`` or ``None`` (e.g.
+        ``LiveSegmentation.uncertainty_for_agent``).
+    footprint_radius : float
+        Radius (stage units) over which a measurement is credited with reducing
+        uncertainty (about the probe's half width at half maximum... its FWHM).
+    sink : callable, optional
+        Receives the decision documents (an analysis run linked to the raw run).
+    """
+
+    def __init__(
+        self,
+        agent,
+        uncertainty: UncertaintySource,
+        *,
+        footprint_radius: float,
+        sink: Subscriber | None = None,
+    ) -> None:
+        if not footprint_radius > 0:
+            raise ValueError(f"footprint_radius must be positive, got {footprint_radius}")
+        self.agent = agent
+        self.uncertainty = uncertainty
+        self.footprint_radius = float(footprint_radius)
+        self.sink = sink
+        self.analysis: AnalysisRun | None = None
+        self.decisions = 0
+        self.told = 0
+        self._pending: list[_Pending] = []
+        self._map_id: int | None = None
+        self._version = 0
+        self._current: tuple[np.ndarray, tuple] | None = None
+        self._lock = threading.Lock()
+
+    # -- the run ------------------------------------------------------------------------
+    def open(self, raw_uid: str, parameters: dict | None = None) -> None:
+        """Start the decisions' analysis run for the raw run ``raw_uid``."""
+        if self.sink is not None:
+            self.analysis = AnalysisRun(
+                self.sink,
+                raw_uid=raw_uid,
+                processor="agent",
+                parameters={"footprint_radius": self.footprint_radius, **(parameters or {})},
+            )
+
+    def close(self, reason: str) -> None:
+        """Tell the gains that can still be told and close the decisions' run."""
+        self.refresh()
+        if self.analysis is not None:
+            self.analysis.event(
+                "summary",
+                {
+                    "reason": reason,
+                    "report": _json(self.agent.report()),
+                    "told": self.told,
+                    "decisions": self.decisions,
+                },
+            )
+            self.analysis.close(reason=reason)
+            self.analysis = None
+
+    # -- from the plan ------------------------------------------------------------------
+    def refresh(self) -> bool:
+        """Take a newer uncertainty map if there is one; tell the gains it reveals."""
+        latest = self.uncertainty()
+        if latest is None:
+            return False
+        umap, extent = latest
+        with self._lock:
+            if self._map_id == id(umap):
+                return False
+            self._map_id = id(umap)
+            self._version += 1
+            self._current = (np.asarray(umap, dtype=float), tuple(extent))
+            self.agent.update_prior(self._current[0], self._current[1])
+            ready = [p for p in self._pending if p.version < self._version]
+            self._pending = [p for p in self._pending if p.version >= self._version]
+        for pending in ready:
+            after = footprint_mean(*self._current, tuple(pending.point[:2]), self.footprint_radius)
+            self.agent.tell(pending.point, {"gain": max(pending.before - after, 0.0)})
+            self.told += 1
+        return True
+
+    def measured(self, point) -> None:
+        """Record that ``point`` was just measured; its gain is told after the next map."""
+        point = np.asarray(point, dtype=float).ravel()
+        before = 1.0
+        if self._current is not None:
+            before = footprint_mean(*self._current, tuple(point[:2]), self.footprint_radius)
+        with self._lock:
+            self._pending.append(_Pending(point, before, self._version, time.time()))
+
+    def failed(self, point, reason: str) -> None:
+        """A move or exposure at ``point`` failed: the agent will not propose it again."""
+        self.agent.record_failure(np.asarray(point, dtype=float), reason)
+        if self.analysis is not None:
+            self.analysis.event(
+                "failures", {"point": np.asarray(point, dtype=float), "reason": reason}
+            )
+
+    def ask(self, batch_size: int) -> np.ndarray:
+        """The next points (travel-ordered), after taking the newest map into account."""
+        self.refresh()
+        docs, points = self.agent.ask(batch_size)
+        self.decisions += 1
+        if self.analysis is not None:
+            for doc, point in zip(docs, np.asarray(points, dtype=float), strict=False):
+                self.analysis.event(
+                    "decisions",
+                    {
+                        "decision": self.decisions,
+                        "point": point,
+                        "details": _json(doc),
+                        "pending": len(self._pending),
+                        "told": self.told,
+                    },
+                )
+        return np.asarray(points, dtype=float)
+
+    def should_stop(self) -> tuple[bool, str]:
+        """The agent's stopping rule."""
+        return self.agent.should_stop()
+
+
+def _json(value) -> str:
+    return json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))

@@ -1,0 +1,115 @@
+"""The closed loop: live reconstruction -> segmentation -> agent -> next motor move."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from synaps_agent.agent import AgentConfig, Axis, ImagingAgent, ScanSpace, StoppingRule
+from synaps_agent.callbacks.agent_feed import AgentFeed, footprint_mean
+from synaps_agent.callbacks.analysis import DocumentSink
+from synaps_agent.callbacks.ptycho import PtychoReconstruction
+from synaps_agent.callbacks.segmentation import LiveSegmentation, normalize_reconstruction
+from synaps_agent.plans.adaptive import adaptive_ptycho_scan
+from synaps_agent.plans.patterns import raster_positions
+from synaps_agent.recon.ptycho import PtychoConfig
+from synaps_agent.segment.base import ProbabilisticSegmenter
+from synaps_agent.segment.forest import ForestSegmenter
+from synaps_agent.sim_devices.phantoms import make_phantom
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for seed in (11, 12):
+        phantom = make_phantom("P-dense", seed, size=96)
+        t = phantom.transmission(8000.0)
+        images.append(normalize_reconstruction(t + rng.normal(0, 0.01, t.shape)))
+        labels.append(phantom.labels)
+    return ProbabilisticSegmenter(ForestSegmenter(n_estimators=15, n_jobs=1).fit(images, labels))
+
+
+def test_footprint_mean_reads_the_right_pixels():
+    umap = np.zeros((10, 20))
+    umap[2, 15] = 1.0  # pixel centre at x = 15.5, y = 2.5 with extent (0, 20, 0, 10)
+    assert footprint_mean(umap, (0, 20, 0, 10), (15.5, 2.5), 0.4) == 1.0
+    assert footprint_mean(umap, (0, 20, 0, 10), (4.5, 2.5), 0.4) == 0.0
+    assert footprint_mean(umap, (0, 20, 0, 10), (50, 50), 0.4) == 1.0  # off the map
+
+
+@pytest.mark.slow
+def test_adaptive_scan_closes_the_loop(RE, catalog, documents, ptycho_beamline, segmenter):
+    bl = ptycho_beamline
+    space = ScanSpace(
+        [
+            Axis("x", -0.6, 0.6, "um", velocity=bl.stage.x.velocity.get(), settle_time=0.02),
+            Axis("y", -0.6, 0.6, "um", velocity=bl.stage.y.velocity.get(), settle_time=0.02),
+        ]
+    )
+    budget = 90
+    agent = ImagingAgent(
+        space,
+        AgentConfig(probe_fwhm=0.2, max_step=0.08, exposure_time=0.005),
+        stopping=StoppingRule(max_exposures=budget),
+        seed=3,
+    )
+    seg = LiveSegmentation(
+        DocumentSink(catalog.writer("processed")),
+        segmenter=segmenter,
+        min_interval=0.1,
+        preprocess=normalize_reconstruction,
+    )
+    recon = PtychoReconstruction(
+        DocumentSink(catalog.writer("processed"), seg),
+        config=PtychoConfig(batch_size=16, seed=1),
+        snapshot_interval=0.3,
+        final_epochs=20,
+    )
+    feed = AgentFeed(
+        agent,
+        seg.uncertainty_for_agent,
+        footprint_radius=0.1,
+        sink=DocumentSink(catalog.writer("processed")),
+    )
+    RE.subscribe(recon)
+    seeds = raster_positions(-0.5, 0.5, -0.5, 0.5, 0.25)
+    (uid,) = RE(
+        adaptive_ptycho_scan(
+            [bl.ptycho_det],
+            bl.stage.x,
+            bl.stage.y,
+            feed,
+            seeds,
+            batch_size=6,
+            max_exposures=200,
+            shutter=bl.shutter,
+        )
+    )
+    assert recon.wait(120) and seg.wait(120)
+    assert recon.errors == [] and seg.errors == []
+    run = catalog.raw[uid]
+    # the agent's stopping rule ended the run, and said why
+    assert "exposure budget" in run.stop["reason"]
+    xs = np.asarray(run["primary"]["stage_x"].read())
+    ys = np.asarray(run["primary"]["stage_y"].read())
+    assert len(seeds) + 6 <= len(xs) <= 200
+    agent_points = np.column_stack([xs, ys])[len(seeds) :]
+    assert np.all(space.contains(agent_points))
+    # gains were learned from the segmentation's uncertainty maps
+    assert feed.told > 0 and agent.surrogate.n == feed.told
+    # every decision is stored, linked to the raw run
+    (decisions,) = [
+        r
+        for r in catalog.processed.values()
+        if r.start.get("raw_uid") == uid and r.start["processor"]["name"] == "agent"
+    ]
+    stored_points = np.asarray(decisions["decisions"]["point"].read())
+    np.testing.assert_allclose(stored_points, agent_points)  # each move was a decision
+    assert int(np.asarray(decisions["decisions"]["decision"].read())[-1]) == feed.decisions
+    assert decisions.stop["exit_status"] == "success"
+    # the agent's points stay connected to what was measured (ptychographic overlap)
+    measured = np.column_stack([xs, ys])
+    for i in range(len(seeds), len(measured)):
+        nearest = np.min(np.hypot(*(measured[:i] - measured[i]).T))
+        assert nearest <= 0.08 + 1e-9 or nearest <= 0.25 * 2**0.5 + 1e-9
