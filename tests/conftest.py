@@ -11,7 +11,6 @@ from synaps_agent.catalog import open_catalog
 from synaps_agent.sim_devices.beamline import make_sim_beamline
 from synaps_agent.sim_devices.phantoms import make_phantom
 
-
 # One torch thread: the tests run a RunEngine, worker threads and sometimes a Tiled server
 # on 2 cores, where two torch threads fight the other threads (and each other) badly.
 torch.set_num_threads(1)
