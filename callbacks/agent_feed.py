@@ -101,6 +101,16 @@ class AgentFeed:
         self._current: tuple[np.ndarray, tuple] | None = None
         self._lock = threading.Lock()
 
+    @property
+    def region(self) -> tuple[tuple[float, float], tuple[float, float]] | None:
+        """``((xmin, xmax), (ymin, ymax))`` the agent may propose in, if it is 2D."""
+        space = getattr(self.agent, "space", None)
+        index = getattr(space, "spatial_index", [])
+        if space is None or len(index) < 2:
+            return None
+        x, y = (space.axes[i] for i in index[:2])
+        return (float(x.low), float(x.high)), (float(y.low), float(y.high))
+
     # -- the run ------------------------------------------------------------------------
     def open(self, raw_uid: str, parameters: dict | None = None) -> None:
         """Start the decisions' analysis run for the raw run ``raw_uid``."""

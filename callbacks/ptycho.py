@@ -380,7 +380,11 @@ class PtychoReconstruction(StreamingAnalysis):
                 {
                     "object_phase": np.angle(obj).astype(np.float32),
                     "object_amplitude": np.abs(obj).astype(np.float32),
-                    "illumination": illumination.astype(np.float32),
+                    # coverage: saturated at one probe's peak intensity, so that "measured"
+                    # means "seen by the probe", however many frames overlap there
+                    "illumination": np.minimum(
+                        illumination, float(np.max(np.abs(snap.probe) ** 2))
+                    ).astype(np.float32),
                     "probe_real": snap.probe.real.astype(np.float32),
                     "probe_imag": snap.probe.imag.astype(np.float32),
                     "origin_row": int(r0),

@@ -504,18 +504,12 @@ def normalize_reconstruction(
     -------
     (H, W) complex64 array
     """
+    from synaps_agent.segment.unet import phase_reference
+
     image = np.asarray(image)
-    mask = np.ones(image.shape, bool)
-    if coverage is not None:
-        c = np.asarray(coverage, dtype=np.float32)
-        if c.size and c.max() > 0:
-            mask = c >= threshold * c.max()
-    values = image[mask]
-    phase = float(np.median(np.angle(values)))
-    scale = float(np.median(np.abs(values)))
-    if not scale > 0:
-        scale = 1.0
-    return (image * np.exp(-1j * phase) / scale).astype(np.complex64)
+    # pore (the most transmissive, least phase-shifting phase) becomes phase 0, amplitude 1:
+    # the frame of the phantoms' transmission the models are trained in
+    return (image / phase_reference(image, coverage)).astype(np.complex64)
 
 
 def stage_extent(

@@ -18,11 +18,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--angles", type=int, default=90, help="tomography angles")
+    demo.add_argument(
+        "--no-adaptive",
+        action="store_true",
+        help="skip the adaptive experiment (agent against raster)",
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run_demo
 
-        run_demo(args.out, size=args.size, seed=args.seed, num_angles=args.angles)
+        run_demo(
+            args.out,
+            size=args.size,
+            seed=args.seed,
+            num_angles=args.angles,
+            adaptive=not args.no_adaptive,
+        )
     return 0
 
 

@@ -1,8 +1,10 @@
 """The main job: a simulated experiment stored in the embedded catalog, with figures.
 
-For now it runs a raster ptychography scan of ``P-sparse`` and a tomography scan of
-``T-electrode`` on the simulated beamline, stores both in the embedded Tiled catalog,
-reads them back, and writes figures and a JSON summary.
+It runs a raster ptychography scan of ``P-sparse`` and a tomography scan of
+``T-electrode`` on the simulated beamline (stored, read back, figures of the phantoms,
+diffraction patterns and projections), then the adaptive experiment: a raster scan and
+the agent's scan of a smaller P-sparse phantom, both with live reconstruction and
+segmentation, scored against ground truth (figure ``adaptive_vs_raster.png``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,13 @@ def _ptycho_scan_extent(bl, step_px: float) -> tuple[float, float]:
 
 
 def run_demo(
-    out: str | Path, *, size: int | None = None, seed: int = 0, num_angles: int = 90, log=print
+    out: str | Path,
+    *,
+    size: int | None = None,
+    seed: int = 0,
+    num_angles: int = 90,
+    adaptive: bool = True,
+    log=print,
 ) -> dict:
     """Run the simulated experiment; return (and write) the summary.
 
@@ -47,6 +55,9 @@ def run_demo(
         Phantom and noise seed.
     num_angles : int
         Tomography angles.
+    adaptive : bool
+        Run the adaptive experiment (the agent against a raster scan, with live
+        reconstruction and segmentation) after the scans above.
     """
     out = Path(out).resolve()
     figures = out / "figures"
@@ -153,11 +164,48 @@ def run_demo(
             "frame_shape": list(projections.shape[1:]),
             "simulated_seconds": dict(bl3.clock.by_kind),
         }
+        # -- the adaptive experiment: the agent against raster ------------------------------
+        if adaptive:
+            from .experiment import run_adaptive_comparison
+            from .figures import plot_adaptive_comparison
+
+            log("adaptive experiment (live reconstruction, segmentation, agent) ...")
+            adaptive_size = 128 if size is None else max(96, min(size, 192))
+            outcomes = run_adaptive_comparison(
+                catalog, size=adaptive_size, seed=300 + seed, log=log
+            )
+            phantom = make_phantom("P-sparse", 300 + seed, size=adaptive_size)
+            summary["figures"].append(
+                str(plot_adaptive_comparison(outcomes, phantom, figures / "adaptive_vs_raster.png"))
+            )
+            raster_curve = outcomes["raster"].curve
+            summary["runs"]["adaptive"] = {
+                name: {
+                    "uid": o.raw_uid,
+                    "exposures": o.exposures,
+                    "simulated_seconds": round(o.simulated_seconds, 2),
+                    "final_mean_iou": round(o.final_iou, 4),
+                    "iou_curve": [[n, round(v, 4)] for n, v in o.curve],
+                }
+                for name, o in outcomes.items()
+            }
+            agent = outcomes["agent"]
+            raster_at_budget = [v for n, v in raster_curve if n <= agent.exposures]
+            summary["runs"]["adaptive"]["raster_iou_at_agent_budget"] = (
+                round(max(raster_at_budget), 4) if raster_at_budget else None
+            )
     summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     log(f"\nruns stored in the embedded Tiled catalog at {out / 'catalog'}")
     for kind, info in summary["runs"].items():
-        log(f"  {kind:13s} uid {info['uid']}")
+        if "uid" in info:
+            log(f"  {kind:13s} uid {info['uid']}")
+    for name, info in summary["runs"].get("adaptive", {}).items():
+        if isinstance(info, dict):
+            log(
+                f"  adaptive/{name:7s} uid {info['uid']}: {info['exposures']} exposures, "
+                f"final mean IoU {info['final_mean_iou']}"
+            )
     log(
         "open them with:\n"
         "  from synaps_agent.catalog import open_catalog\n"

@@ -113,3 +113,51 @@ def plot_projections(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_adaptive_comparison(outcomes: dict, phantom, path: str | Path) -> Path:
+    """Reconstruction, segmentation vs truth, uncertainty with the scan path, and IoU
+    against exposures for each strategy."""
+    path = Path(path)
+    strategies = list(outcomes)
+    fig, axes = plt.subplots(
+        len(strategies),
+        4,
+        figsize=(17, 4.2 * len(strategies)),
+        constrained_layout=True,
+        squeeze=False,
+    )
+    for row, name in zip(axes, strategies, strict=True):
+        outcome = outcomes[name]
+        r0, c0 = outcome.final_origin
+        if outcome.final_phase is not None:
+            row[0].imshow(outcome.final_phase, cmap="gray")
+        row[0].set_title(f"{name}: reconstructed phase")
+        if outcome.final_labels is not None:
+            row[1].imshow(
+                outcome.final_labels, cmap=PHASE_COLORS, vmin=0, vmax=3, interpolation="nearest"
+            )
+            _label_legend(row[1])
+        row[1].set_title(f"{name}: segmentation (final IoU {outcome.final_iou:.3f})")
+        if outcome.final_uncertainty is not None:
+            shown = row[2].imshow(outcome.final_uncertainty, cmap="viridis", vmin=0, vmax=1)
+            fig.colorbar(shown, ax=row[2], shrink=0.8, label="uncertainty")
+            pixel_um = phantom.pixel_size * 1e6
+            cols = outcome.positions[:, 0] / pixel_um + phantom.shape[1] / 2 - c0
+            rows = outcome.positions[:, 1] / pixel_um + phantom.shape[0] / 2 - r0
+            row[2].plot(cols, rows, "-", color="white", lw=0.4, alpha=0.6)
+            row[2].scatter(cols, rows, c=np.arange(len(cols)), cmap="autumn", s=5)
+        row[2].set_title(f"{name}: uncertainty and scan path ({outcome.exposures} exposures)")
+        for other in strategies:
+            curve = np.asarray(outcomes[other].curve, dtype=float)
+            if len(curve):
+                row[3].plot(curve[:, 0], curve[:, 1], ".-", label=other)
+        row[3].set_xlabel("exposures received")
+        row[3].set_ylabel("mean IoU vs ground truth")
+        row[3].legend()
+        row[3].set_title("segmentation quality vs exposures")
+        for ax in row[:3]:
+            ax.set_axis_off()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -21,9 +21,10 @@ from synaps_agent.segment.unet import (
 
 # Measured on this held-out reconstruction (P-dense seed 300, native-scale 96 x 96 crop,
 # 1e6 photons/frame, full raster, 20 epochs) with the shipped weights:
-# see the thresholds below (measured value minus a margin).
-MIN_MEAN_IOU = 0.0
-MAX_ECE = 1.0
+# mean IoU 0.90 (per class 0.94 / 0.87 / 0.97 / 0.83), ECE 0.012, AUROC 0.96; the
+# thresholds leave a margin for torch/BLAS differences.
+MIN_MEAN_IOU = 0.82
+MAX_ECE = 0.05
 
 
 @pytest.fixture(scope="module", autouse=True)

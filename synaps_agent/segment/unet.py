@@ -361,9 +361,9 @@ class UNetSegmenter:
         check_reconstruction(image, coverage)
         x = torch.from_numpy(prepare_input(image, coverage))[None].to(self.device)
         x, (sy, sx) = pad_to_multiple(x)
-        lg = mc_logits(
-            self.model, x, self.mc_samples, seed=self.seed, scope=self.mc_scope
-        )[:, :, :, sy, sx]
+        lg = mc_logits(self.model, x, self.mc_samples, seed=self.seed, scope=self.mc_scope)[
+            :, :, :, sy, sx
+        ]
         mean, sample_ent = mc_probabilities(lg, self.temperature)
         probs = mean[0].float().cpu().numpy()
         probs /= probs.sum(axis=0, keepdims=True)
@@ -390,9 +390,14 @@ def save_weights(model: UNet, path: str | Path, metadata: dict[str, Any]) -> Non
     meta = dict(metadata)
     meta.setdefault("architecture", {})
     meta["architecture"].update(
-        {"widths": list(model.widths), "dropout": model.dropout,
-         "head_dropout": model.head_dropout, "head_width": model.head_width,
-         "in_channels": IN_CHANNELS, "num_classes": NUM_CLASSES}
+        {
+            "widths": list(model.widths),
+            "dropout": model.dropout,
+            "head_dropout": model.head_dropout,
+            "head_width": model.head_width,
+            "in_channels": IN_CHANNELS,
+            "num_classes": NUM_CLASSES,
+        }
     )
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True))
 
@@ -446,4 +451,3 @@ def load_default_segmenter(device: str = "cpu", mc_samples: int | None = None) -
         device=device,
         metadata=meta,
     )
-
