@@ -118,6 +118,25 @@ def _ensure_runs_container(client: Any, key: str) -> Any:
     return client[key]
 
 
+_PROCESS_API_KEY: str | None = None
+
+
+def _process_api_key() -> str:
+    """One API key for every embedded server of this process.
+
+    tiled 0.2 keeps the single-user API key of ``SimpleTiledServer`` in process-wide
+    settings: a second embedded server started in the same process replaces the key of
+    the first, which then refuses its own clients. Sharing one (random, per-process) key
+    keeps every embedded catalog of the process usable.
+    """
+    global _PROCESS_API_KEY
+    if _PROCESS_API_KEY is None:
+        import secrets
+
+        _PROCESS_API_KEY = secrets.token_hex(16)
+    return _PROCESS_API_KEY
+
+
 def _register_document_export() -> None:
     """Let the embedded server export a run as its documents (``run.documents()``).
 
@@ -180,7 +199,9 @@ def open_catalog(
     frames = directory / "frames"
     frames.mkdir(parents=True, exist_ok=True)
     readable = [frames, *(Path(p).resolve() for p in (readable_storage or []))]
-    server = SimpleTiledServer(directory=directory, readable_storage=readable)
+    server = SimpleTiledServer(
+        directory=directory, readable_storage=readable, api_key=_process_api_key()
+    )
     try:
         client = from_uri(server.uri)
         catalog = Catalog(
@@ -194,4 +215,22 @@ def open_catalog(
     except BaseException:
         server.close()
         raise
+    _close_at_exit(catalog)
     return catalog
+
+
+def _close_at_exit(catalog: Catalog) -> None:
+    """Stop the embedded server when the interpreter exits, even if nobody closed it.
+
+    The server runs on a non-daemon thread, which Python waits for *before* running
+    ``atexit`` hooks, so a script that forgot ``catalog.close()`` would never exit.
+    ``threading._register_atexit`` runs before that wait (CPython 3.9+).
+    """
+    import threading
+
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        try:
+            register(catalog.close)
+        except RuntimeError:  # interpreter already shutting down
+            pass

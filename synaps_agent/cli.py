@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 
@@ -23,6 +24,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="skip the adaptive experiment (agent against raster)",
     )
+    commands.add_parser(
+        "train-segmenter",
+        help="reproduce the shipped U-Net weights (see `synaps train-segmenter --help`)",
+        add_help=False,
+    )
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    if argv[:1] == ["train-segmenter"]:
+        from .segment.train import main as train_main
+
+        return train_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run_demo

@@ -34,17 +34,26 @@ def relative_error(volume, truth):
 def run_tomo(RE, bl, sink, num):
     recon = TomoReconstruction(sink, snapshot_interval=0.2)
     token = RE.subscribe(recon)
-    RE(tomo_scan([bl.proj_det], bl.stage.theta, num=num, scheme="golden", num_darks=3,
-                 num_flats=5, flat_motor=bl.stage.x, flat_position=bl.flat_field_x,
-                 shutter=bl.shutter))
+    RE(
+        tomo_scan(
+            [bl.proj_det],
+            bl.stage.theta,
+            num=num,
+            scheme="golden",
+            num_darks=3,
+            num_flats=5,
+            flat_motor=bl.stage.x,
+            flat_position=bl.flat_field_x,
+            shutter=bl.shutter,
+        )
+    )
     RE.unsubscribe(token)
     assert recon.wait(120)
     return recon
 
 
 @pytest.mark.slow
-def test_live_tomography_converges_with_angles_and_is_stored(RE, catalog, documents,
-                                                             tomo_beamline):
+def test_live_tomography_converges_with_angles_and_is_stored(RE, catalog, documents, tomo_beamline):
     bl = tomo_beamline
     bl.proj_det.photons_per_pixel.put(2e4)
     truth = true_attenuation(bl.phantom, bl.proj_det.energy.get())
@@ -85,22 +94,37 @@ def test_angle_order_does_not_matter(tomo_beamline):
     flat = det.acquire().astype(np.float32)
 
     def documents(order):
-        bundle = compose_run(metadata={"modality": "tomography", "motors": ["stage_theta"],
-                                       "geometry": {det.name: det.geometry()}})
-        keys = {"stage_theta": {"source": "t", "dtype": "number", "shape": []},
-                det.image_key: {"source": "d", "dtype": "array", "shape": [32, 32]}}
-        flat_desc = bundle.compose_descriptor(name="flat", data_keys={
-            det.image_key: keys[det.image_key]})
+        bundle = compose_run(
+            metadata={
+                "modality": "tomography",
+                "motors": ["stage_theta"],
+                "geometry": {det.name: det.geometry()},
+            }
+        )
+        keys = {
+            "stage_theta": {"source": "t", "dtype": "number", "shape": []},
+            det.image_key: {"source": "d", "dtype": "array", "shape": [32, 32]},
+        }
+        flat_desc = bundle.compose_descriptor(
+            name="flat", data_keys={det.image_key: keys[det.image_key]}
+        )
         desc = bundle.compose_descriptor(name="primary", data_keys=keys)
         yield "start", bundle.start_doc
         yield "descriptor", flat_desc.descriptor_doc
-        yield "event", flat_desc.compose_event(data={det.image_key: flat},
-                                               timestamps={det.image_key: 0})
+        yield (
+            "event",
+            flat_desc.compose_event(data={det.image_key: flat}, timestamps={det.image_key: 0}),
+        )
         yield "descriptor", desc.descriptor_doc
         for seq, i in enumerate(order, start=1):
-            yield "event", desc.compose_event(
-                data={"stage_theta": float(angles[i]), det.image_key: frames[i]},
-                timestamps={"stage_theta": 0, det.image_key: 0}, seq_num=seq)
+            yield (
+                "event",
+                desc.compose_event(
+                    data={"stage_theta": float(angles[i]), det.image_key: frames[i]},
+                    timestamps={"stage_theta": 0, det.image_key: 0},
+                    seq_num=seq,
+                ),
+            )
         yield "stop", bundle.compose_stop()
 
     volumes = []

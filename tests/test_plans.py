@@ -211,7 +211,13 @@ def test_catalog_by_url_and_api_key(tmp_path, ptycho_beamline):
     from tiled.server import SimpleTiledServer
 
     frames_dir = ptycho_beamline.ptycho_det.frames_directory
-    server = SimpleTiledServer(directory=tmp_path / "remote", readable_storage=[frames_dir])
+    from synaps_agent.catalog import _process_api_key
+
+    # tiled keeps one single-user key per process (see _process_api_key): reuse it here so
+    # the session's embedded catalog keeps working after this server
+    server = SimpleTiledServer(
+        directory=tmp_path / "remote", readable_storage=[frames_dir], api_key=_process_api_key()
+    )
     try:
         url = server.uri.split("?")[0]
         with pytest.raises(Exception):  # noqa: B017 - no key, no access

@@ -39,8 +39,15 @@ def _one_thread():
 def heldout():
     """A reconstruction by our engine of a test-seed phantom (a few seconds)."""
     (rec,) = simulate_scan(
-        "P-dense", 300, crop=96, epochs=(20,), fluence=1e6, partial="full",
-        native_scale=True, fwhm_px=9.0, beta_probe=0.0,
+        "P-dense",
+        300,
+        crop=96,
+        epochs=(20,),
+        fluence=1e6,
+        partial="full",
+        native_scale=True,
+        fwhm_px=9.0,
+        beta_probe=0.0,
     )
     return rec
 
@@ -98,7 +105,9 @@ def test_uncertainty_flags_wrong_pixels(result, heldout):
     assert wrong.any() and right.any()
     assert result.uncertainty[wrong].mean() > 2 * result.uncertainty[right].mean()
     auroc = scoring.uncertainty_auroc(
-        result.uncertainty, result.labels.astype(np.int64), heldout["labels"].astype(np.int64),
+        result.uncertainty,
+        result.labels.astype(np.int64),
+        heldout["labels"].astype(np.int64),
         mask,
     )
     assert auroc > 0.8, auroc

@@ -1,0 +1,169 @@
+"""synaps-agent: a simulated imaging beamline at the IPython prompt.
+
+Start it with ``ipython --profile-dir=profiles/synaps_sim`` (or ``exec`` this file in plain
+Python). It defines
+
+* ``catalog``: where runs go (``synaps_agent.catalog.open_catalog``): the Tiled server
+  at ``$SYNAPS_TILED_URI`` (API key ``$SYNAPS_TILED_API_KEY``), else the embedded
+  catalog in ``$SYNAPS_DATA_DIR`` (default ``./synaps-data``); closed at exit;
+* ``RE``: a bluesky RunEngine writing every run into ``catalog.raw``, with a progress bar
+  (in a terminal) and the BestEffortCallback ``bec`` (no plots when headless);
+* ``bl`` and its devices ``stage`` (``stage.x``, ``stage.y``, ``stage.theta``),
+  ``shutter``, ``i0``, ``ptycho_det``, ``proj_det``;
+* the plans ``raster_ptycho_scan``, ``spiral_ptycho_scan``, ``tomo_scan``,
+  ``ptycho_tomo_scan``, ``adaptive_ptycho_scan``;
+* live reconstructions ``recon`` (ptychography) and ``tomo`` (tomography), subscribed to
+  ``RE``, writing their results into ``catalog.processed``.
+
+Environment: ``SYNAPS_PHANTOM`` (``P-sparse``, ``P-dense`` or ``T-electrode``),
+``SYNAPS_PHANTOM_SIZE`` (128), ``SYNAPS_SEED`` (0), ``SYNAPS_TIME_SCALE`` (0: moves and
+exposures take no wall time), ``SYNAPS_FRAMES_DIR`` (detector files when the catalog is a
+remote server), ``SYNAPS_HEADLESS`` (1: no plots). See ``profiles/README.md``.
+"""
+
+import atexit as _atexit
+import os as _os
+import sys as _sys
+import threading as _threading
+from pathlib import Path as _Path
+
+from bluesky import RunEngine
+from bluesky.callbacks.best_effort import BestEffortCallback
+from bluesky.utils import ProgressBarManager
+
+from synaps_agent.callbacks.analysis import DocumentSink
+from synaps_agent.callbacks.ptycho import PtychoReconstruction
+from synaps_agent.callbacks.tomo import TomoReconstruction
+from synaps_agent.catalog import open_catalog
+
+# the plans are for the prompt
+from synaps_agent.plans.adaptive import adaptive_ptycho_scan  # noqa: F401
+from synaps_agent.plans.scans import (  # noqa: F401
+    ptycho_tomo_scan,
+    raster_ptycho_scan,
+    spiral_ptycho_scan,
+    tomo_scan,
+)
+from synaps_agent.sim_devices.beamline import make_sim_beamline
+from synaps_agent.sim_devices.phantoms import make_phantom
+
+
+def _ipython():
+    """The running IPython shell, or None (plain ``python``)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    return get_ipython()
+
+
+def _headless() -> bool:
+    """True when figures cannot be shown: asked for, a file-only backend, or no display."""
+    if _os.environ.get("SYNAPS_HEADLESS", "").lower() in ("1", "true", "yes"):
+        return True
+    backend = _os.environ.get("MPLBACKEND", "").lower()
+    if backend in ("agg", "pdf", "pgf", "ps", "svg", "cairo", "template"):
+        return True
+    if _sys.platform.startswith("linux"):
+        return not (_os.environ.get("DISPLAY") or _os.environ.get("WAYLAND_DISPLAY"))
+    return False
+
+
+def _at_exit(function) -> None:
+    """Run ``function`` when the interpreter exits.
+
+    Plain ``atexit`` hooks run only after Python has joined the non-daemon threads, and the
+    embedded Tiled server runs on one, so the hook is also registered with threading's
+    pre-join exit hooks (which would otherwise wait forever for the server thread).
+    """
+    _atexit.register(function)
+    register = getattr(_threading, "_register_atexit", None)
+    if register is not None:
+        register(function)
+
+
+# -- the catalog -----------------------------------------------------------------------
+_tiled_uri = _os.environ.get("SYNAPS_TILED_URI") or None
+_data_dir = _Path(_os.environ.get("SYNAPS_DATA_DIR") or "synaps-data").resolve()
+if _tiled_uri:
+    catalog = open_catalog(uri=_tiled_uri, api_key=_os.environ.get("SYNAPS_TILED_API_KEY"))
+else:
+    catalog = open_catalog(_data_dir)
+_at_exit(catalog.close)  # stops the embedded server (idempotent; a remote one is left alone)
+# a remote server must be able to read this folder (its readable_storage)
+_frames_dir = (
+    catalog.frames_directory
+    or _Path(_os.environ.get("SYNAPS_FRAMES_DIR") or _data_dir / "frames").resolve()
+)
+_frames_dir.mkdir(parents=True, exist_ok=True)
+
+# -- the RunEngine ---------------------------------------------------------------------
+_ip = _ipython()
+_no_plots = _headless()
+if _ip is not None and not _no_plots:
+    try:
+        _ip.run_line_magic("matplotlib", "")
+    except Exception as _exc:  # noqa: BLE001 - no GUI toolkit: carry on without plots
+        print(f"(no interactive plots: {_exc})")
+        _no_plots = True
+
+RE = RunEngine({}, call_returns_result=False)
+RE.md.setdefault("beamline_id", "synaps-sim")
+RE.subscribe(catalog.writer())
+if _sys.stdout.isatty():
+    RE.waiting_hook = ProgressBarManager()
+bec = BestEffortCallback()
+if _no_plots:
+    bec.disable_plots()
+RE.subscribe(bec)
+
+# -- the simulated beamline ------------------------------------------------------------
+_seed = int(_os.environ.get("SYNAPS_SEED", "0"))
+bl = make_sim_beamline(
+    make_phantom(
+        _os.environ.get("SYNAPS_PHANTOM", "P-sparse"),
+        _seed,
+        size=int(_os.environ.get("SYNAPS_PHANTOM_SIZE", "128")),
+    ),
+    _frames_dir,
+    seed=_seed,
+    time_scale=float(_os.environ.get("SYNAPS_TIME_SCALE", "0")),
+)
+stage = bl.stage
+shutter = bl.shutter
+i0 = bl.i0
+ptycho_det = bl.ptycho_det
+proj_det = bl.proj_det
+
+# -- live analysis ---------------------------------------------------------------------
+recon = PtychoReconstruction(DocumentSink(catalog.writer("processed")))
+tomo = TomoReconstruction(DocumentSink(catalog.writer("processed")))
+RE.subscribe(recon)
+RE.subscribe(tomo)
+
+
+def _stop_workers() -> None:
+    for analysis in (recon, tomo):
+        analysis.stop_worker(timeout=10)
+
+
+_at_exit(_stop_workers)  # runs before the catalog closes (exit hooks run last-in first-out)
+
+# -- banner ----------------------------------------------------------------------------
+_x_lo, _x_hi = stage.x.limits
+_y_lo, _y_hi = stage.y.limits
+print(
+    f"""synaps-agent simulated beamline ({bl.phantom.name}, {bl.sample.image_shape[1]} px wide)
+  catalog   runs -> {f"Tiled server {_tiled_uri}" if _tiled_uri else catalog.directory}
+            (catalog.raw, catalog.processed)
+  RE        RunEngine (bec: BestEffortCallback{", no plots" if _no_plots else ""})
+  devices   stage (stage.x {_x_lo:.2f}..{_x_hi:.2f} um, stage.y {_y_lo:.2f}..{_y_hi:.2f} um,
+            stage.theta deg), shutter, i0, ptycho_det, proj_det   (all in bl)
+  plans     raster_ptycho_scan, spiral_ptycho_scan, tomo_scan, ptycho_tomo_scan,
+            adaptive_ptycho_scan
+  live      recon (ptychography), tomo (tomography) -> catalog.processed
+  example   RE(raster_ptycho_scan([ptycho_det, i0], stage.x, stage.y, -1, 1, -1, 1, 0.12, \
+shutter=shutter))"""
+)
+
+del _x_lo, _x_hi, _y_lo, _y_hi, _ip
