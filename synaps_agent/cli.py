@@ -24,6 +24,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="skip the adaptive experiment (agent against raster)",
     )
+    replay = commands.add_parser(
+        "replay",
+        help="feed a stored run through the live callbacks again (stored as new analysis runs)",
+    )
+    replay.add_argument("uid", help="uid of the raw run")
+    replay.add_argument(
+        "--catalog", default="synaps-results/catalog", help="embedded catalog folder"
+    )
+    replay.add_argument("--no-segment", action="store_true", help="reconstruct only")
+    serve = commands.add_parser(
+        "serve", help="serve the embedded catalog over HTTP (loopback, with an API key)"
+    )
+    serve.add_argument(
+        "--catalog", default="synaps-results/catalog", help="embedded catalog folder"
+    )
     commands.add_parser(
         "train-segmenter",
         help="reproduce the shipped U-Net weights (see `synaps train-segmenter --help`)",
@@ -45,6 +60,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_angles=args.angles,
             adaptive=not args.no_adaptive,
         )
+    elif args.command == "replay":
+        from .catalog import open_catalog
+        from .replay import replay_run
+
+        with open_catalog(args.catalog) as catalog:
+            try:
+                result = replay_run(catalog, args.uid, segment=not args.no_segment)
+            except (KeyError, ValueError) as exc:
+                print(f"synaps replay: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+                return 2
+        print(f"analysis runs: {', '.join(result['analysis_uids'])}")
+        if result["errors"]:
+            print("errors:\n  " + "\n  ".join(result["errors"]))
+            return 1
+    elif args.command == "serve":
+        import time
+
+        from .catalog import open_catalog
+
+        with open_catalog(args.catalog) as catalog:
+            print(f"serving {catalog.directory} at {catalog.uri}")
+            print("(loopback only; the API key is in the URL) -- Ctrl-C to stop")
+            try:
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
     return 0
 
 

@@ -1,0 +1,75 @@
+"""Replay: feed a stored run's documents through the same callbacks as live.
+
+``synaps replay UID`` reconstructs (and, for ptychography, segments) a run stored in
+the catalog, exactly as the live callbacks would, and stores the products as new
+analysis runs linked to it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .callbacks.analysis import DocumentSink
+
+__all__ = ["replay_run"]
+
+
+def replay_run(
+    catalog: Any, uid: str, *, segment: bool = True, timeout: float = 600.0, log=print
+) -> dict:
+    """Reconstruct the raw run ``uid`` of ``catalog`` from its stored documents.
+
+    Returns
+    -------
+    dict
+        ``modality``, the analysis callbacks' ``errors``, and the uids of the new
+        analysis runs (``analysis_uids``).
+
+    Raises
+    ------
+    KeyError
+        If there is no raw run ``uid``.
+    ValueError
+        If the run is not an imaging run of ours (no ``modality`` in its metadata).
+    """
+    if uid not in catalog.raw:
+        raise KeyError(f"no raw run {uid!r} in the catalog")
+    run = catalog.raw[uid]
+    modality = run.start.get("modality")
+    if modality not in ("ptychography", "ptycho-tomography", "tomography"):
+        raise ValueError(
+            f"run {uid} has modality {modality!r}: it is not a SYNAPS imaging run "
+            "(ptychography, ptycho-tomography or tomography)"
+        )
+    started: list[str] = []
+
+    def record(name: str, doc: dict) -> None:
+        if name == "start":
+            started.append(doc["uid"])
+
+    sink = DocumentSink(catalog.writer("processed"), record)
+    callbacks = []
+    if modality == "tomography":
+        from .callbacks.tomo import TomoReconstruction
+
+        callbacks.append(TomoReconstruction(sink, snapshot_interval=0))
+    else:
+        from .callbacks.ptycho import PtychoReconstruction
+
+        recon_sink = sink
+        if segment:
+            from .callbacks.segmentation import LiveSegmentation
+            from .experiment import default_segmenter
+
+            seg = LiveSegmentation(sink, segmenter=default_segmenter())
+            recon_sink = DocumentSink(catalog.writer("processed"), record, seg)
+            callbacks.append(seg)
+        callbacks.insert(0, PtychoReconstruction(recon_sink, snapshot_interval=0))
+    log(f"replaying {modality} run {uid} through {[type(c).__name__ for c in callbacks]} ...")
+    for name, doc in run.documents():
+        callbacks[0](name, doc)
+    for callback in callbacks:
+        if not callback.wait(timeout):
+            raise TimeoutError(f"{type(callback).__name__} did not finish in {timeout} s")
+    errors = [e for c in callbacks for e in c.errors]
+    return {"modality": modality, "errors": errors, "analysis_uids": started}
