@@ -96,7 +96,7 @@ class AgentFeed:
         self.decisions = 0
         self.told = 0
         self._pending: list[_Pending] = []
-        self._map_id: int | None = None
+        self._last_map: object | None = None  # kept alive, so `is` cannot be fooled
         self._version = 0
         self._current: tuple[np.ndarray, tuple] | None = None
         self._lock = threading.Lock()
@@ -146,9 +146,9 @@ class AgentFeed:
             return False
         umap, extent = latest
         with self._lock:
-            if self._map_id == id(umap):
+            if umap is self._last_map:
                 return False
-            self._map_id = id(umap)
+            self._last_map = umap
             self._version += 1
             self._current = (np.asarray(umap, dtype=float), tuple(extent))
             self.agent.update_prior(self._current[0], self._current[1])

@@ -192,6 +192,7 @@ class StreamingAnalysis(DocumentRouter):
         self._stop_worker = threading.Event()
         self._finished = threading.Event()
         self._finished.set()
+        # held by the worker while it runs a step; holding it pauses the worker (tests)
         self._busy = threading.Lock()
 
     # -- failure isolation ------------------------------------------------------------

@@ -20,7 +20,7 @@ import numpy as np
 from synaps_agent.recon.tomo import StreamingFBP, normalize_projection
 
 from .analysis import AnalysisRun, StreamingAnalysis, Subscriber
-from .frames import StreamFrameReader
+from .frames import FrameRef, StreamFrameReader
 
 __all__ = ["TomoGeometry", "TomoReconstruction"]
 
@@ -104,6 +104,8 @@ class TomoReconstruction(StreamingAnalysis):
         self._frames: dict[tuple[str, int], np.ndarray] = {}
         self._angles: dict[int, float] = {}
         self._calibration: dict[str, list[np.ndarray]] = {}
+        self._flat_dark_cache: tuple | None = None
+        self._warned_flat = False
         self._lock = threading.Lock()
         self._last_emit = 0.0
         self._dirty = False
@@ -123,6 +125,8 @@ class TomoReconstruction(StreamingAnalysis):
         self._frames.clear()
         self._angles.clear()
         self._calibration = {name: [] for name in CALIBRATION_STREAMS}
+        self._flat_dark_cache = None
+        self._warned_flat = False
         self.analysis = AnalysisRun(
             self.sink,
             raw_uid=doc["uid"],
@@ -155,9 +159,8 @@ class TomoReconstruction(StreamingAnalysis):
             return
         if self._reader.data_key(doc["stream_resource"]) != self.geometry.image_key:
             return
-        _, seq_nums, frames = self._reader.stream_datum(doc)
-        for seq_num, frame in zip(seq_nums, frames, strict=False):
-            self._pair(stream, seq_num, frame=frame)
+        for seq_num, ref in self._reader.locate(doc):  # read later, on the worker
+            self._pair(stream, seq_num, frame=ref)
 
     def event(self, doc: dict) -> None:
         geometry = self.geometry
@@ -198,15 +201,18 @@ class TomoReconstruction(StreamingAnalysis):
 
     # -- worker -----------------------------------------------------------------------
     def _flat_dark(self, frame: np.ndarray) -> tuple[np.ndarray | float, np.ndarray | float]:
-        darks, flats = self._calibration["dark"], self._calibration["flat"]
-        dark = np.mean(darks, axis=0) if darks else 0.0
-        if flats:
-            flat = np.mean(flats, axis=0)
-        else:
-            if not getattr(self, "_warned_flat", False):
+        """Mean flat and dark of the calibration frames so far (averaged once, then cached)."""
+        if self._flat_dark_cache is None:
+            darks, flats = self._calibration["dark"], self._calibration["flat"]
+            dark = np.mean(darks, axis=0) if darks else 0.0
+            flat = np.mean(flats, axis=0) if flats else None
+            self._flat_dark_cache = (flat, dark)
+        flat, dark = self._flat_dark_cache
+        if flat is None:
+            if not self._warned_flat:
                 self.report_warning(
-                    f"{self.processor}: no flat field; using the frame's "
-                    "99.5th percentile as open beam"
+                    f"{self.processor}: no flat field; using each frame's 99.5th percentile "
+                    "as open beam"
                 )
                 self._warned_flat = True
             flat = float(np.percentile(frame, 99.5))
@@ -214,6 +220,12 @@ class TomoReconstruction(StreamingAnalysis):
 
     def process(self, item: tuple[str, int, np.ndarray, float]) -> None:
         stream, seq_num, frame, angle = item
+        if isinstance(frame, FrameRef):
+            try:
+                frame = self._reader.read(frame)
+            except (OSError, IndexError, KeyError) as exc:
+                self._skip(seq_num, f"frame could not be read: {exc}")
+                return
         frame = np.asarray(frame, dtype=np.float32)
         if frame.shape != self.geometry.frame_shape:
             self._skip(seq_num, f"frame shape {frame.shape} != {self.geometry.frame_shape}")
@@ -223,6 +235,7 @@ class TomoReconstruction(StreamingAnalysis):
             return
         if stream in CALIBRATION_STREAMS:
             self._calibration[stream].append(frame)
+            self._flat_dark_cache = None
             return
         if stream != "primary":
             return
@@ -271,6 +284,7 @@ class TomoReconstruction(StreamingAnalysis):
         )
 
     def finalize(self) -> None:
+        self._reader.close()
         try:
             self._emit(final=True)
             reason = "; ".join(self.errors[-3:])

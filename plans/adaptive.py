@@ -14,12 +14,13 @@ from collections.abc import Generator, Sequence
 from typing import Any
 
 import bluesky.plan_stubs as bps
-import numpy as np
+import bluesky.preprocessors as bpp
 from bluesky.protocols import Movable, Readable
 from bluesky.utils import FailedStatus, Msg
 from ophyd.utils.errors import LimitError
 
 from .metadata import scan_metadata
+from .scans import _as_positions, _check_detectors, _with_shutter
 from .stubs import check_within_limits, move_and_expose
 
 __all__ = ["adaptive_ptycho_scan"]
@@ -70,20 +71,18 @@ def adaptive_ptycho_scan(
     Msg
         One run: the seed exposures, then per decision a batch of moves and exposures.
     """
-    detectors = list(detectors)
-    if not detectors:
-        raise ValueError("at least one detector is needed")
-    seeds = np.asarray(seed_positions, dtype=float)
-    if seeds.ndim != 2 or seeds.shape[1] != 2 or len(seeds) == 0:
-        raise ValueError(f"seed_positions must be a non-empty list of (x, y), got {seeds.shape}")
+    detectors = _check_detectors(detectors)
+    seeds = _as_positions(seed_positions)
     if batch_size < 1 or max_exposures < len(seeds):
         raise ValueError("batch_size must be >= 1 and max_exposures >= the number of seeds")
     check_within_limits(x_motor, seeds[:, 0])
     check_within_limits(y_motor, seeds[:, 1])
+    # the region the agent may propose in (the reconstruction pre-sizes its grid to it)
+    x_limits, y_limits = getattr(feed, "region", None) or (_limits(x_motor), _limits(y_motor))
     pattern = {
         "kind": "adaptive",
-        "x_limits": _limits(x_motor),
-        "y_limits": _limits(y_motor),
+        "x_limits": list(x_limits),
+        "y_limits": list(y_limits),
         "seed_positions": seeds.tolist(),
         "batch_size": batch_size,
         "max_exposures": max_exposures,
@@ -107,37 +106,31 @@ def adaptive_ptycho_scan(
         feed.measured((x, y))
         return True
 
+    @bpp.stage_decorator(detectors)
+    def scan() -> Generator[Msg, Any, str]:
+        exposures = 0
+        for x, y in seeds:
+            exposures += bool((yield from expose_at(float(x), float(y))))
+        while True:
+            stop, reason = feed.should_stop()
+            if stop:
+                return reason
+            if exposures >= max_exposures:
+                return f"exposure budget of the plan reached: {exposures}"
+            points = feed.ask(min(batch_size, max_exposures - exposures))
+            if len(points) == 0:
+                return "the agent had no admissible point left"
+            for x, y in points[:, :2]:
+                exposures += bool((yield from expose_at(float(x), float(y))))
+
     def body() -> Plan:
         uid = yield from bps.open_run(md=_md)
         feed.open(uid, parameters={"batch_size": batch_size, "max_exposures": max_exposures})
-        reason = ""
-        exposures = 0
+        reason = "the scan was interrupted"  # what the decisions' run says if it does not end
         try:
-            for sx in detectors:
-                yield from bps.stage(sx)
-            if shutter is not None:
-                yield from bps.mv(shutter, "open")
-            for x, y in seeds:
-                exposures += bool((yield from expose_at(float(x), float(y))))
-            while True:
-                stop, reason = feed.should_stop()
-                if stop:
-                    break
-                if exposures >= max_exposures:
-                    reason = f"exposure budget of the plan reached: {exposures}"
-                    break
-                points = feed.ask(min(batch_size, max_exposures - exposures))
-                if len(points) == 0:
-                    reason = "the agent had no admissible point left"
-                    break
-                for x, y in points[:, :2]:
-                    exposures += bool((yield from expose_at(float(x), float(y))))
+            reason = yield from _with_shutter(scan(), shutter)
         finally:
-            if shutter is not None:
-                yield from bps.mv(shutter, "closed")
-            for sx in detectors:
-                yield from bps.unstage(sx)
-        feed.close(reason)
+            feed.close(reason)
         yield from bps.close_run(exit_status="success", reason=reason)
         return uid
 

@@ -62,8 +62,14 @@ def default_segmenter(seed: int = 0) -> Segmenter:
         from .segment.unet import load_default_segmenter
 
         return load_default_segmenter()
-    except Exception:  # noqa: BLE001 - no weights shipped yet: the baseline
+    except Exception as exc:  # noqa: BLE001 - no usable weights: the baseline
+        import logging
+
         from .segment.forest import ForestSegmenter
+
+        logging.getLogger(__name__).warning(
+            "U-Net weights not usable (%r); training the random-forest baseline instead", exc
+        )
 
         rng = np.random.default_rng(seed)
         images, labels = [], []
@@ -180,7 +186,7 @@ def run_adaptive_comparison(
         )
     )
     RE.unsubscribe(token)
-    recon.wait(600), seg.wait(600)
+    _wait_for(recon, seg)
     outcomes["raster"] = _outcome("raster", uid, raster, bl, recon, seg, catalog, phantom, roi_px)
 
     # -- agent ---------------------------------------------------------------------------
@@ -245,13 +251,19 @@ def run_adaptive_comparison(
         )
     )
     RE.unsubscribe(token)
-    recon.wait(600), seg.wait(600)
+    _wait_for(recon, seg)
     run = catalog.raw[uid]
     positions = np.column_stack(
         [np.asarray(run["primary"]["stage_x"].read()), np.asarray(run["primary"]["stage_y"].read())]
     )
     outcomes["agent"] = _outcome("agent", uid, positions, bl, recon, seg, catalog, phantom, roi_px)
     return outcomes
+
+
+def _wait_for(*callbacks, timeout: float = 600.0) -> None:
+    for callback in callbacks:
+        if not callback.wait(timeout):
+            raise TimeoutError(f"{type(callback).__name__} did not finish in {timeout} s")
 
 
 def _outcome(strategy, uid, positions, bl, recon, seg, catalog, phantom, roi_px) -> ScanOutcome:
