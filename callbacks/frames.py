@@ -10,13 +10,12 @@ from Tiled.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
 
-__all__ = ["FrameRef", "StreamFrameReader", "path_from_uri"]
+__all__ = ["StreamFrameReader", "path_from_uri"]
 
 
 def path_from_uri(uri: str) -> Path:
@@ -29,29 +28,17 @@ def path_from_uri(uri: str) -> Path:
     return Path(parsed.path)
 
 
-@dataclass(frozen=True)
-class FrameRef:
-    """Where one frame lies: ``dataset[index]`` of the HDF5 file at ``path``."""
-
-    data_key: str
-    path: Path
-    dataset: str
-    index: int
-
-
 class StreamFrameReader:
     """Resolve ``stream_datum`` documents to frames.
 
-    :meth:`stream_resource` takes each StreamResource document; :meth:`locate` turns a
-    StreamDatum into ``(seq_num, FrameRef)`` pairs without touching the files (cheap
-    enough for the RunEngine's thread); :meth:`read` reads one frame (on a worker),
-    keeping each file open between reads and refreshing it, since the detector may still
-    be appending to it (SWMR).
+    Call :meth:`stream_resource` with each StreamResource document and
+    :meth:`stream_datum` with each StreamDatum; the latter returns
+    ``(data_key, seq_nums, frames)`` with ``frames`` of shape ``(n, *frame_shape)``.
     """
 
     def __init__(self) -> None:
         self._resources: dict[str, dict] = {}
-        self._files: dict[Path, object] = {}
+        self._files: dict[str, object] = {}
 
     def stream_resource(self, doc: dict) -> None:
         if doc.get("mimetype") != "application/x-hdf5":
@@ -65,44 +52,28 @@ class StreamFrameReader:
         resource = self._resources.get(resource_uid)
         return None if resource is None else resource["data_key"]
 
-    def locate(self, doc: dict) -> list[tuple[int, FrameRef]]:
-        """The frames of a StreamDatum, each with the event sequence number it belongs to."""
+    def stream_datum(self, doc: dict) -> tuple[str, range, np.ndarray]:
+        import h5py
+
         resource = self._resources.get(doc["stream_resource"])
         if resource is None:
             raise KeyError(f"stream datum {doc['uid']} refers to an unknown stream resource")
+        start, stop = doc["indices"]["start"], doc["indices"]["stop"]
         path = path_from_uri(resource["uri"])
         dataset = resource["parameters"]["dataset"]
-        start, stop = doc["indices"]["start"], doc["indices"]["stop"]
+        # open per read: the writer may grow the file between reads (SWMR)
+        with h5py.File(path, "r", swmr=True, libver="latest") as f:
+            node = f[dataset]
+            node.refresh() if hasattr(node, "refresh") else None
+            if stop > node.shape[0]:
+                raise IndexError(
+                    f"{resource['data_key']}: frames {start}:{stop} not in {path} "
+                    f"(it holds {node.shape[0]})"
+                )
+            frames = np.asarray(node[start:stop])
         seq = doc.get("seq_nums") or {"start": 0, "stop": 0}
-        return [
-            (seq_num, FrameRef(resource["data_key"], path, dataset, index))
-            for seq_num, index in zip(
-                range(seq["start"], seq["stop"]), range(start, stop), strict=False
-            )
-        ]
-
-    def read(self, ref: FrameRef) -> np.ndarray:
-        """Read one frame (raises ``IndexError`` if the file does not hold it)."""
-        import h5py
-
-        handle = self._files.get(ref.path)
-        if handle is None:
-            handle = self._files[ref.path] = h5py.File(ref.path, "r", swmr=True, libver="latest")
-        node = handle[ref.dataset]
-        if ref.index >= node.shape[0]:
-            node.refresh()
-        if ref.index >= node.shape[0]:
-            raise IndexError(
-                f"{ref.data_key}: frame {ref.index} not in {ref.path} (it holds {node.shape[0]})"
-            )
-        return np.asarray(node[ref.index])
-
-    def close(self) -> None:
-        """Close the files kept open by :meth:`read`."""
-        for handle in self._files.values():
-            handle.close()
-        self._files.clear()
+        seq_nums = range(seq["start"], seq["stop"])
+        return resource["data_key"], seq_nums, frames
 
     def clear(self) -> None:
-        self.close()
         self._resources.clear()

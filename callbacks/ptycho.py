@@ -22,7 +22,7 @@ from synaps_agent.recon.ptycho import PtychoConfig, PtychoEngine, PtychoSnapshot
 from synaps_agent.sim_devices.optics import gaussian_probe
 
 from .analysis import AnalysisRun, StreamingAnalysis, Subscriber
-from .frames import FrameRef, StreamFrameReader
+from .frames import StreamFrameReader
 
 __all__ = ["PtychoGeometry", "PtychoReconstruction"]
 
@@ -245,8 +245,9 @@ class PtychoReconstruction(StreamingAnalysis):
             return
         if self._reader.data_key(doc["stream_resource"]) != self.geometry.image_key:
             return
-        for seq_num, ref in self._reader.locate(doc):  # read later, on the worker
-            self._pair(seq_num, frame=ref)
+        _, seq_nums, frames = self._reader.stream_datum(doc)
+        for seq_num, frame in zip(seq_nums, frames, strict=False):
+            self._pair(seq_num, frame=frame)
 
     def event(self, doc: dict) -> None:
         geometry = self.geometry
@@ -308,12 +309,6 @@ class PtychoReconstruction(StreamingAnalysis):
     def process(self, item: tuple[int, np.ndarray, tuple[float, float, float]]) -> None:
         seq_num, frame, (x, y, theta) = item
         geometry = self.geometry
-        if isinstance(frame, FrameRef):
-            try:
-                frame = self._reader.read(frame)
-            except (OSError, IndexError, KeyError) as exc:
-                self._skip(seq_num, f"frame could not be read: {exc}")
-                return
         frame = np.asarray(frame)
         if frame.shape != geometry.frame_shape:
             self._skip(seq_num, f"frame shape {frame.shape} != {geometry.frame_shape}")
@@ -352,7 +347,6 @@ class PtychoReconstruction(StreamingAnalysis):
         return worked
 
     def finalize(self) -> None:
-        self._reader.close()
         try:
             for engine in self.engines.values():
                 engine.config = self.config  # probe refinement (if any) from here on

@@ -20,7 +20,7 @@ import numpy as np
 from synaps_agent.recon.tomo import StreamingFBP, normalize_projection
 
 from .analysis import AnalysisRun, StreamingAnalysis, Subscriber
-from .frames import FrameRef, StreamFrameReader
+from .frames import StreamFrameReader
 
 __all__ = ["TomoGeometry", "TomoReconstruction"]
 
@@ -159,8 +159,9 @@ class TomoReconstruction(StreamingAnalysis):
             return
         if self._reader.data_key(doc["stream_resource"]) != self.geometry.image_key:
             return
-        for seq_num, ref in self._reader.locate(doc):  # read later, on the worker
-            self._pair(stream, seq_num, frame=ref)
+        _, seq_nums, frames = self._reader.stream_datum(doc)
+        for seq_num, frame in zip(seq_nums, frames, strict=False):
+            self._pair(stream, seq_num, frame=frame)
 
     def event(self, doc: dict) -> None:
         geometry = self.geometry
@@ -220,12 +221,6 @@ class TomoReconstruction(StreamingAnalysis):
 
     def process(self, item: tuple[str, int, np.ndarray, float]) -> None:
         stream, seq_num, frame, angle = item
-        if isinstance(frame, FrameRef):
-            try:
-                frame = self._reader.read(frame)
-            except (OSError, IndexError, KeyError) as exc:
-                self._skip(seq_num, f"frame could not be read: {exc}")
-                return
         frame = np.asarray(frame, dtype=np.float32)
         if frame.shape != self.geometry.frame_shape:
             self._skip(seq_num, f"frame shape {frame.shape} != {self.geometry.frame_shape}")
@@ -284,7 +279,6 @@ class TomoReconstruction(StreamingAnalysis):
         )
 
     def finalize(self) -> None:
-        self._reader.close()
         try:
             self._emit(final=True)
             reason = "; ".join(self.errors[-3:])
