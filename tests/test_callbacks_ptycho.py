@@ -31,6 +31,10 @@ def phase_error(snapshot, phantom, energy=8000.0):
     return complex_errors(obj, truth, mask=mask)["phase_rmse"]
 
 
+# 300 final epochs: with 150 the engine (default rPIE step) sometimes sits near 0.12 rad
+# on this 96 x 96 object; past 300 every run we tried reached < 0.06 rad
+
+
 @pytest.fixture
 def scan(ptycho_beamline):
     bl = ptycho_beamline
@@ -45,7 +49,7 @@ def test_live_reconstruction_converges_and_is_stored(RE, catalog, documents, sca
     bl, plan = scan
     sink = DocumentSink(catalog.writer("processed"), documents)
     recon = PtychoReconstruction(
-        sink, config=PtychoConfig(batch_size=32, seed=1), snapshot_interval=0.5, final_epochs=150
+        sink, config=PtychoConfig(batch_size=32, seed=1), snapshot_interval=0.5, final_epochs=300
     )
     RE.subscribe(recon)
     RE(plan)
@@ -79,12 +83,12 @@ def test_live_reconstruction_converges_and_is_stored(RE, catalog, documents, sca
 def test_replay_from_tiled_matches_live(RE, catalog, documents, scan):
     bl, plan = scan
     config = PtychoConfig(batch_size=32, seed=2)
-    live = PtychoReconstruction(config=config, snapshot_interval=0, final_epochs=150)
+    live = PtychoReconstruction(config=config, snapshot_interval=0, final_epochs=300)
     RE.subscribe(live)
     RE(plan)
     assert live.wait(120)
     uid = documents.of("start")[0]["uid"]
-    replay = PtychoReconstruction(config=config, snapshot_interval=0, final_epochs=150)
+    replay = PtychoReconstruction(config=config, snapshot_interval=0, final_epochs=300)
     for name, doc in catalog.raw[uid].documents():
         replay(name, doc)
     assert replay.wait(120)
