@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 __all__ = ["Catalog", "open_catalog", "RAW", "PROCESSED"]
 
@@ -49,23 +50,43 @@ class Catalog:
     server: Any = None
     _api_key: str | None = field(default=None, repr=False)
     _writers: list = field(default_factory=list, repr=False)
+    _readable: list = field(default_factory=list, repr=False)
+    _port: int | None = field(default=None, repr=False)
 
     @property
     def uri(self) -> str:
         """URL of the server (with the API key for the embedded one)."""
         return self.server.uri if self.server is not None else self.client.uri
 
-    def writer(self, container: str = RAW, **kwargs: Any):
+    def writer(self, container: str = RAW, *, buffered: bool = False, **kwargs: Any):
         """A ``TiledWriter`` into ``raw`` (default) or ``processed`` for ``RE.subscribe``.
 
         Raw runs that cannot be written are backed up as JSON lines in
         ``<directory>/backup`` (embedded catalog), so no raw document is lost.
+
+        With ``buffered=True``: a :class:`~synaps_agent.reliability.BufferedWriter` that
+        never blocks the RunEngine; it writes from a thread, waits out a server that is
+        down or slow (retrying with backoff, rewriting the run), and logs raw documents
+        ahead in ``<directory>/wal`` (or ``wal_directory=``), from which
+        :meth:`recover` stores what a crash left out. ``flush()`` it to wait for the
+        writes; :meth:`close` flushes it.
         """
         from bluesky_tiled_plugins import TiledWriter
 
-        node = {RAW: self.raw, PROCESSED: self.processed}.get(container)
-        if node is None:
-            raise ValueError(f"container must be {RAW!r} or {PROCESSED!r}, got {container!r}")
+        node = self._container(container)
+        if buffered:
+            from .reliability import BufferedWriter
+
+            wal_directory = kwargs.pop("wal_directory", None)
+            if wal_directory is None and self.directory is not None and container == RAW:
+                wal_directory = self.directory / "wal"
+            writer = BufferedWriter(
+                lambda: TiledWriter(node, **kwargs),
+                discard_run=lambda uid: _discard_run(node, uid),
+                wal_directory=wal_directory,
+            )
+            self._writers.append(writer)
+            return writer
         if self.directory is not None and container == RAW:
             # raw documents are backed up as JSON lines (derived products can be recomputed
             # from them; their arrays are not JSON)
@@ -74,6 +95,56 @@ class Catalog:
         writer = TiledWriter(node, **kwargs)
         self._writers.append(writer)
         return writer
+
+    def _container(self, container: str) -> Any:
+        node = {RAW: self.raw, PROCESSED: self.processed}.get(container)
+        if node is None:
+            raise ValueError(f"container must be {RAW!r} or {PROCESSED!r}, got {container!r}")
+        return node
+
+    def recover(self, wal_directory: str | Path | None = None, container: str = RAW) -> list[dict]:
+        """Store the runs a crashed process logged ahead but did not finish writing.
+
+        Runs already complete in the catalog are left alone; a partially stored run is
+        replaced by the logged one; a run that never closed gets a stop document with
+        ``exit_status="fail"``. See :func:`synaps_agent.reliability.recover_runs`.
+        """
+        from bluesky_tiled_plugins import TiledWriter
+
+        from .reliability import recover_runs
+
+        node = self._container(container)
+        if wal_directory is None:
+            if self.directory is None:
+                raise ValueError("a remote catalog has no default wal_directory: pass one")
+            wal_directory = self.directory / "wal"
+        if not Path(wal_directory).is_dir():
+            return []
+
+        def stored_complete(uid: str) -> bool:
+            return uid in node and node[uid].metadata.get("stop") is not None
+
+        return recover_runs(
+            wal_directory,
+            lambda: TiledWriter(node),
+            stored_complete=stored_complete,
+            discard_run=lambda uid: _discard_run(node, uid),
+        )
+
+    def restart_server(self) -> None:
+        """Start the embedded server again, on the same port and folder (after a stop)."""
+        if self.directory is None or self._port is None:
+            raise ValueError("only an embedded catalog's server can be restarted")
+        if self.server is not None:
+            self.server.close()
+        self.server = _start_server(self.directory, self._readable, port=self._port)
+
+    def stop_server(self) -> None:
+        """Stop the embedded server, keeping the catalog usable by :meth:`restart_server`
+        (to test what happens while Tiled is down)."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
 
     def databroker(self):
         """A databroker v1 ``Broker`` over the raw runs, for facility code that still uses it.
@@ -97,8 +168,12 @@ class Catalog:
             client = from_uri(self.client.uri, api_key=self._api_key, structure_clients=private)
         return Broker(client[RAW])
 
-    def close(self) -> None:
-        """Stop the embedded server (a remote server is left alone)."""
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush buffered writers (up to ``timeout`` s each), stop the embedded server
+        (a remote server is left alone)."""
+        for writer in self._writers:
+            if hasattr(writer, "flush"):
+                writer.close(timeout=timeout)
         if self.server is not None:
             self.server.close()
             self.server = None
@@ -108,6 +183,21 @@ class Catalog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _discard_run(node: Any, uid: str) -> None:
+    """Delete a (partially written) run, if the container has it."""
+    if uid in node:
+        node[uid].delete(recursive=True, external_only=False)
+
+
+def _start_server(directory: Path, readable: list[Path], port: int = 0) -> Any:
+    """The embedded Tiled server (loopback only) on ``directory``."""
+    from tiled.server import SimpleTiledServer
+
+    return SimpleTiledServer(
+        directory=directory, readable_storage=readable, api_key=_process_api_key(), port=port
+    )
 
 
 def _ensure_runs_container(client: Any, key: str) -> Any:
@@ -188,8 +278,6 @@ def open_catalog(
             _api_key=api_key,
         )
 
-    from tiled.server import SimpleTiledServer
-
     _register_document_export()
     if directory is None:
         import tempfile
@@ -199,9 +287,7 @@ def open_catalog(
     frames = directory / "frames"
     frames.mkdir(parents=True, exist_ok=True)
     readable = [frames, *(Path(p).resolve() for p in (readable_storage or []))]
-    server = SimpleTiledServer(
-        directory=directory, readable_storage=readable, api_key=_process_api_key()
-    )
+    server = _start_server(directory, readable)
     try:
         client = from_uri(server.uri)
         catalog = Catalog(
@@ -211,6 +297,8 @@ def open_catalog(
             directory=directory,
             frames_directory=frames,
             server=server,
+            _readable=readable,
+            _port=urlsplit(server.uri).port,
         )
     except BaseException:
         server.close()

@@ -10,9 +10,25 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-__all__ = ["beam_suspender", "prepare_run_engine"]
+__all__ = [
+    "BufferedWriter",
+    "WriteAheadLog",
+    "beam_suspender",
+    "prepare_run_engine",
+    "recover_runs",
+]
+
+logger = logging.getLogger(__name__)
 
 
 def beam_suspender(
@@ -97,3 +113,349 @@ def prepare_run_engine(RE: Any, monitor: Any | None = None, **suspender_kwargs: 
     suspender = beam_suspender(monitor, **suspender_kwargs)
     RE.install_suspender(suspender)
     return suspender
+
+
+class _RunTracker:
+    """Which run a document belongs to (start uid), from the documents' references."""
+
+    def __init__(self) -> None:
+        self._descriptors: dict[str, str] = {}
+        self._resources: dict[str, str] = {}
+
+    def run_of(self, name: str, doc: dict) -> str | None:
+        if name == "start":
+            return doc["uid"]
+        if name in ("stop", "stream_resource", "resource") or name == "descriptor":
+            run = doc.get("run_start")
+            if name == "descriptor":
+                self._descriptors[doc["uid"]] = run
+            elif name == "resource" and run is not None:
+                self._resources[doc["uid"]] = run
+            return run
+        if name in ("event", "event_page", "stream_datum"):
+            return self._descriptors.get(doc.get("descriptor"))
+        if name == "datum":
+            return self._resources.get(doc.get("resource"))
+        if name == "datum_page":
+            resource = doc.get("resource")
+            return self._resources.get(resource[0] if isinstance(resource, list) else resource)
+        return None
+
+
+def _json_default(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+class WriteAheadLog:
+    """Documents appended as JSON lines, one file per run, before anyone writes them.
+
+    A line is flushed to the operating system before :meth:`append` returns, so a
+    process killed right after still leaves it on disk. JSON only: reading a log never
+    unpickles anything.
+    """
+
+    SUFFIX = ".jsonl"
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._files: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def path(self, run_uid: str) -> Path:
+        return self.directory / f"{run_uid}{self.SUFFIX}"
+
+    def append(self, run_uid: str, name: str, doc: dict) -> None:
+        """Append one document of run ``run_uid`` (the file closes at the stop document)."""
+        line = json.dumps({"name": name, "doc": doc}, default=_json_default)
+        with self._lock:
+            handle = self._files.get(run_uid)
+            if handle is None:
+                handle = self._files[run_uid] = open(self.path(run_uid), "a", encoding="utf-8")
+            handle.write(line + "\n")
+            handle.flush()
+            if name == "stop":
+                handle.close()
+                del self._files[run_uid]
+
+    def retire(self, run_uid: str) -> None:
+        """Forget a run that is safely stored."""
+        with self._lock:
+            handle = self._files.pop(run_uid, None)
+            if handle is not None:
+                handle.close()
+            self.path(run_uid).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        with self._lock:
+            for handle in self._files.values():
+                handle.close()
+            self._files.clear()
+
+    def runs(self) -> list[str]:
+        """Uids of the runs with a log."""
+        return sorted(p.name[: -len(self.SUFFIX)] for p in self.directory.glob(f"*{self.SUFFIX}"))
+
+    def read(self, run_uid: str) -> list[tuple[str, dict]]:
+        """The documents of a run as logged. A line cut short by a crash (only the last
+        one can be) is left out; a garbled line elsewhere raises ``ValueError``."""
+        lines = self.path(run_uid).read_text(encoding="utf-8").splitlines()
+        documents = []
+        for number, line in enumerate(lines, 1):
+            try:
+                entry = json.loads(line)
+                documents.append((entry["name"], entry["doc"]))
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                if number == len(lines):
+                    break  # the write the crash interrupted
+                raise ValueError(
+                    f"write-ahead log {self.path(run_uid)}: line {number} is not a logged "
+                    f"document ({exc})"
+                ) from None
+        return documents
+
+
+@dataclass
+class _RunState:
+    writer: Callable[[str, dict], Any]
+    history: list = field(default_factory=list)
+    broken: bool = False
+
+
+class BufferedWriter:
+    """A document callback that never blocks the RunEngine and never drops a document.
+
+    ``__call__`` only logs the document (write-ahead, if ``wal_directory``) and queues
+    it; a thread hands the documents, in order, to one writer per run made by
+    ``writer_factory`` (e.g. a ``TiledWriter``). When writing fails (server down, slow,
+    restarting) the thread waits with exponential backoff, discards what was partially
+    stored of that run (``discard_run``) and writes the run again from its first
+    document, until it succeeds; later documents wait in the queue meanwhile.
+
+    Parameters
+    ----------
+    writer_factory : callable
+        ``writer_factory()`` returns a fresh document callback for one run.
+    discard_run : callable, optional
+        ``discard_run(uid)`` removes a partially written run before it is rewritten.
+    wal_directory : path, optional
+        Folder of the write-ahead log (see :func:`recover_runs`).
+    initial_backoff, max_backoff : float
+        Seconds between attempts while writing fails: doubling from the first to the
+        second.
+    """
+
+    def __init__(
+        self,
+        writer_factory: Callable[[], Callable[[str, dict], Any]],
+        *,
+        discard_run: Callable[[str], None] | None = None,
+        wal_directory: str | Path | None = None,
+        initial_backoff: float = 0.05,
+        max_backoff: float = 2.0,
+    ) -> None:
+        if not 0 < initial_backoff <= max_backoff:
+            raise ValueError(
+                f"need 0 < initial_backoff <= max_backoff, got {initial_backoff}, {max_backoff}"
+            )
+        self.writer_factory = writer_factory
+        self.discard_run = discard_run
+        self.wal = WriteAheadLog(wal_directory) if wal_directory is not None else None
+        self.initial_backoff = float(initial_backoff)
+        self.max_backoff = float(max_backoff)
+        self.failed_attempts = 0
+        self.rewrites = 0
+        self.written = 0
+        self.last_error: str | None = None
+        self.outage_seconds = 0.0
+        self._tracker = _RunTracker()
+        self._runs: dict[str, _RunState] = {}
+        self._queue: queue.Queue = queue.Queue()
+        self._pending = 0
+        self._idle = threading.Condition()
+        self._closing = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name="buffered-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        """Documents received and not yet written."""
+        return self._pending
+
+    def __call__(self, name: str, doc: dict) -> None:
+        if self._closed:
+            raise RuntimeError("BufferedWriter is closed")
+        run = self._tracker.run_of(name, doc)
+        if run is None:
+            logger.error("BufferedWriter: %s document of no known run ignored: %r", name, doc)
+            return
+        if self.wal is not None:
+            self.wal.append(run, name, doc)
+        with self._idle:
+            self._pending += 1
+        self._queue.put((run, name, doc))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued document is written; False if ``timeout`` ran out."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout=timeout)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush (up to ``timeout``), then stop the thread. Documents still unwritten stay
+        in the write-ahead log. Returns True if everything was written."""
+        if self._closed:
+            return self._pending == 0
+        done = self.flush(timeout)
+        self._closed = True
+        self._closing.set()
+        self._queue.put(None)
+        self._thread.join(timeout=5.0)
+        if self.wal is not None:
+            self.wal.close()
+        return done
+
+    # -- the writing thread ------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            run, name, doc = item
+            try:
+                self._write(run, name, doc)
+            except _Closing:
+                return
+            with self._idle:
+                self._pending -= 1
+                self.written += 1
+                self._idle.notify_all()
+
+    def _write(self, run: str, name: str, doc: dict) -> None:
+        state = self._runs.get(run)
+        if state is None:
+            state = self._runs[run] = _RunState(writer=self.writer_factory())
+        state.history.append((name, doc))
+        if not state.broken:
+            try:
+                state.writer(name, doc)
+            except Exception as exc:
+                self._failed(run, exc)
+                state.broken = True
+        if state.broken:
+            self._rewrite(run, state)
+        if name == "stop":
+            del self._runs[run]
+            if self.wal is not None:
+                self.wal.retire(run)
+
+    def _failed(self, run: str, exc: Exception) -> None:
+        self.failed_attempts += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        logger.warning("writing run %s failed (%s); retrying", run, self.last_error)
+
+    def _rewrite(self, run: str, state: _RunState) -> None:
+        """Write the run again from its first document until it goes through."""
+        backoff = self.initial_backoff
+        started = time.monotonic()
+        while True:
+            if self._closing.wait(backoff):
+                raise _Closing
+            backoff = min(2 * backoff, self.max_backoff)
+            try:
+                if self.discard_run is not None:
+                    self.discard_run(run)
+                writer = self.writer_factory()
+                for name, doc in state.history:
+                    writer(name, doc)
+            except Exception as exc:
+                self._failed(run, exc)
+                continue
+            state.writer, state.broken = writer, False
+            self.rewrites += 1
+            self.outage_seconds += time.monotonic() - started
+            return
+
+
+class _Closing(Exception):
+    """The writer was closed while a run could not be written."""
+
+
+def _closing_stop(run_uid: str, documents: list[tuple[str, dict]]) -> dict:
+    """A stop document for a run whose process died before closing it."""
+    import uuid
+
+    streams = {d["uid"]: d.get("name", "primary") for n, d in documents if n == "descriptor"}
+    num_events: dict[str, int] = {}
+    for name, doc in documents:
+        if name in ("event", "event_page") and doc.get("descriptor") in streams:
+            stream = streams[doc["descriptor"]]
+            count = len(doc["seq_num"]) if name == "event_page" else 1
+            num_events[stream] = num_events.get(stream, 0) + count
+    return {
+        "run_start": run_uid,
+        "time": time.time(),
+        "uid": str(uuid.uuid4()),
+        "exit_status": "fail",
+        "reason": "the process ended before the run was closed; recovered from the "
+        "write-ahead log",
+        "num_events": num_events,
+    }
+
+
+def recover_runs(
+    wal_directory: str | Path,
+    writer_factory: Callable[[], Callable[[str, dict], Any]],
+    *,
+    stored_complete: Callable[[str], bool],
+    discard_run: Callable[[str], None] | None = None,
+    close_interrupted: bool = True,
+) -> list[dict]:
+    """Store the runs a write-ahead log holds and the catalog lacks (after a crash).
+
+    Parameters
+    ----------
+    wal_directory : path
+        The :class:`BufferedWriter`'s write-ahead log folder.
+    writer_factory : callable
+        ``writer_factory()`` returns a fresh document callback for one run.
+    stored_complete : callable
+        ``stored_complete(uid)``: True if the catalog already has the whole run (its stop).
+    discard_run : callable, optional
+        ``discard_run(uid)`` removes a partially stored run before it is written again.
+    close_interrupted : bool
+        Give a run that never got its stop document one, with ``exit_status="fail"``
+        and a reason saying it was recovered.
+
+    Returns
+    -------
+    list of dict
+        Per logged run: ``uid``, ``documents`` (logged), ``action`` (``"already stored"``
+        or ``"rewritten"``) and ``closed`` (a stop document was added).
+    """
+    wal = WriteAheadLog(wal_directory)
+    report = []
+    for uid in wal.runs():
+        documents = wal.read(uid)
+        entry = {"uid": uid, "documents": len(documents), "closed": False}
+        if stored_complete(uid):
+            entry["action"] = "already stored"
+        else:
+            if close_interrupted and not any(name == "stop" for name, _ in documents):
+                documents.append(("stop", _closing_stop(uid, documents)))
+                entry["closed"] = True
+            if discard_run is not None:
+                discard_run(uid)
+            writer = writer_factory()
+            for name, doc in documents:
+                writer(name, doc)
+            entry["action"] = "rewritten"
+        wal.retire(uid)
+        report.append(entry)
+    return report
