@@ -15,15 +15,18 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bluesky.utils import Msg
 
 __all__ = [
     "BufferedWriter",
     "WriteAheadLog",
     "beam_suspender",
+    "checkpoint_each_event",
     "prepare_run_engine",
     "recover_runs",
 ]
@@ -89,6 +92,27 @@ def beam_suspender(
     )
 
 
+def checkpoint_each_event(plan: Generator[Msg, Any, Any]) -> Generator[Msg, Any, Any]:
+    """``plan`` with a ``checkpoint`` message after each ``save`` (each finished event).
+
+    Yields the plan's messages unchanged, plus the checkpoints. A checkpoint is where a
+    deferred pause takes effect; it is never placed between ``create`` and ``save``.
+    """
+    from bluesky.preprocessors import plan_mutator
+    from bluesky.utils import single_gen
+
+    def after_save(msg: Msg):
+        if msg.command != "save":
+            return None, None
+
+        def head():
+            return (yield msg)
+
+        return head(), single_gen(Msg("checkpoint"))
+
+    return (yield from plan_mutator(plan, after_save))
+
+
 def prepare_run_engine(RE: Any, monitor: Any | None = None, **suspender_kwargs: Any) -> Any:
     """Make a RunEngine ride out beam dumps, pauses and suspensions without duplicates.
 
@@ -99,6 +123,9 @@ def prepare_run_engine(RE: Any, monitor: Any | None = None, **suspender_kwargs: 
       in the run, flagged by its zero I0 reading.
     - ``RE.record_interruptions = True``: every pause, suspension and resume is an
       event of the run's ``interruptions`` stream, stored with the run.
+    - :func:`checkpoint_each_event` as a preprocessor: a checkpoint after every event,
+      so a deferred pause (``RE.request_pause(defer=True)``, the first Ctrl-C) stops
+      between two exposures even in plans that declare no checkpoints.
     - with ``monitor``: installs :func:`beam_suspender` on it and returns the suspender.
 
     Returns
@@ -108,6 +135,8 @@ def prepare_run_engine(RE: Any, monitor: Any | None = None, **suspender_kwargs: 
     """
     RE.rewindable = False
     RE.record_interruptions = True
+    if checkpoint_each_event not in RE.preprocessors:
+        RE.preprocessors.append(checkpoint_each_event)
     if monitor is None:
         return None
     suspender = beam_suspender(monitor, **suspender_kwargs)
