@@ -24,7 +24,11 @@ Scaling
     Exact GP up to ``exact_max`` observations; above, a sparse (SGPR / DTC predictive) model on
     ``n_inducing`` inducing points chosen by farthest-point sampling in lengthscale units. The
     hyperparameters are fitted online with a few Adam steps on the exact marginal likelihood of
-    (a subset of at most ``fit_max_points``) data, warm-started from the previous fit.
+    (a subset of at most ``fit_max_points``) data, warm-started from the previous fit, and only
+    every ``max(refit_min_new, refit_fraction * n)`` new observations. Between two fits a new
+    observation farther from every inducing point than the sampling's cover radius becomes an
+    inducing point itself (up to ``n_inducing_max``), so the sparse model learns from
+    measurements in newly explored regions at once instead of ignoring them until the next fit.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class SurrogateConfig:
 
     exact_max: int = 512
     n_inducing: int = 128
+    n_inducing_max: int = 256
     fit_max_points: int = 256
     fit_steps_initial: int = 60
     fit_steps: int = 8
@@ -271,6 +276,7 @@ class GainSurrogate:
         self.n_fits = 0
         self._cache: dict[str, Any] | None = None
         self.z_idx = np.zeros(0, dtype=np.int64)  # inducing points (data indices), set at fit
+        self.inducing_radius: float | None = None  # cover radius of the sampled inducing points
         for m in (self.kernel, self.likelihood, self.mean):
             m.eval()
 
@@ -393,6 +399,7 @@ class GainSurrogate:
             m.eval()
         self.n_at_fit, self.n_fits = n, self.n_fits + 1
         self.z_idx = np.zeros(0, dtype=np.int64)
+        self.inducing_radius = None
         self._cache = None
 
     @torch.no_grad()
@@ -433,22 +440,26 @@ class GainSurrogate:
     def _sparse_cache(self) -> dict[str, Any]:
         """SGPR factors, accumulated over fixed blocks of observations.
 
-        The inducing points are fixed between hyperparameter fits; each block's contribution
-        ``V_b V_b^T`` / ``V_b r_b`` is computed once and the blocks are summed in index order,
-        so an incremental update and a rebuild from scratch (e.g. after ``load``) are
-        bitwise identical.
+        The inducing points change only at a hyperparameter fit or when :meth:`_grow_inducing`
+        adds new observations far from all of them (then every block is recomputed); each
+        block's contribution ``V_b V_b^T`` / ``V_b r_b`` is computed once and the blocks are
+        summed in index order, so an incremental update and a rebuild from scratch (e.g. after
+        ``load``) are bitwise identical.
         """
         cache = self._cache
         if cache is not None and cache["kind"] == "sparse" and not cache.get("stale"):
             return cache
+        if cache is not None and cache["kind"] == "sparse" and self._grow_inducing(cache):
+            cache = None
         noise = float(self.likelihood.noise)
         if cache is None or cache["kind"] != "sparse":
-            if len(self.z_idx) == 0:
-                self.z_idx = self._inducing(self.features(self.X, self.P))
+            if len(self.z_idx) == 0 or self.inducing_radius is None:
+                self.z_idx, self.inducing_radius = self._inducing(self.features(self.X, self.P))
             z = self.features(self.X[self.z_idx], self.P[self.z_idx])
             kmm = self.kernel(z, z).to_dense()
             lm = _cholesky(kmm + 1e-6 * float(self.kernel.outputscale) * torch.eye(len(z)))
-            cache = {"kind": "sparse", "z": z, "Lm": lm, "blocks": []}
+            cache = {"kind": "sparse", "z": z, "Lm": lm, "blocks": [], "n_seen": self.n,
+                     "z_scaled": self._scaled(z)}  # fmt: skip
         bs, blocks = self.SPARSE_BLOCK, cache["blocks"]
         n_full = self.n // bs
         ys = self.y_scale
@@ -474,14 +485,40 @@ class GainSurrogate:
             b, vr = b + bb, vr + vrb
         lb = _cholesky(b)
         c = torch.linalg.solve_triangular(lb, vr[:, None], upper=False)[:, 0] / math.sqrt(noise)
-        cache.update(LB=lb, c=c, stale=False)
+        cache.update(LB=lb, c=c, stale=False, n_seen=self.n)
         self._cache = cache
         return cache
 
-    def _inducing(self, x: torch.Tensor) -> np.ndarray:
+    def _scaled(self, x: torch.Tensor) -> np.ndarray:
+        """Kernel inputs (prior columns dropped) in lengthscale units."""
+        return x[:, :-2].numpy() / self._lengthscale_vector()
+
+    def _grow_inducing(self, cache: dict[str, Any]) -> bool:
+        """Make observations added since the cache was built inducing points when they lie
+        farther than the cover radius from every inducing point (greedily, in order, up to
+        ``n_inducing_max``). Returns whether any was added."""
+        lo, room = cache["n_seen"], self.config.n_inducing_max - len(self.z_idx)
+        cache["n_seen"] = self.n
+        if lo >= self.n or room <= 0:
+            return False
+        new = self._scaled(self.features(self.X[lo:], self.P[lo:]))
+        z = cache["z_scaled"]
+        d2 = np.min(np.sum((new[:, None, :] - z[None, :, :]) ** 2, axis=2), axis=1)
+        r2 = max(self.inducing_radius or 0.0, 0.1) ** 2
+        added: list[int] = []
+        for k in range(len(new)):
+            if d2[k] > r2 and len(added) < room:
+                added.append(lo + k)
+                d2 = np.minimum(d2, np.sum((new - new[k]) ** 2, axis=1))
+        if added:
+            self.z_idx = np.concatenate([self.z_idx, np.asarray(added, dtype=np.int64)])
+        return bool(added)
+
+    def _inducing(self, x: torch.Tensor) -> tuple[np.ndarray, float]:
         """Farthest-point sample of ``n_inducing`` rows in lengthscale units, starting from the
-        most recent observation (deterministic)."""
-        f = x[:, :-2].numpy() / self._lengthscale_vector()
+        most recent observation (deterministic), and its cover radius (the largest distance
+        from an observation to its nearest inducing point)."""
+        f = self._scaled(x)
         m = min(self.config.n_inducing, len(f))
         chosen = np.empty(m, dtype=int)
         chosen[0] = len(f) - 1
@@ -490,7 +527,7 @@ class GainSurrogate:
             j = int(np.argmax(d))
             chosen[k] = j
             d = np.minimum(d, np.sum((f - f[j]) ** 2, axis=1))
-        return np.sort(chosen)
+        return np.sort(chosen), float(np.sqrt(np.max(d)))
 
     def _lengthscale_vector(self) -> np.ndarray:
         base = self.kernel.base_kernel
@@ -563,6 +600,7 @@ class GainSurrogate:
             prior_weight_xy=float(w[0] * ys / self.p_scale[0]) if len(self._si) == 2 else None,
             prior_weight_theta=float(w[1] * ys / self.p_scale[1]) if self._ai else None,
             model=self.kind,
+            n_inducing=int(len(self.z_idx)) if self.kind == "sparse" else None,
             n_fits=self.n_fits,
         )
         return out
@@ -579,7 +617,8 @@ class GainSurrogate:
 
     def state_meta(self) -> dict[str, Any]:
         return {"y_scale": self.y_scale, "n_at_fit": self.n_at_fit, "n_fits": self.n_fits,
-                "config": asdict(self.config), "probe_fwhm": self.probe_fwhm}  # fmt: skip
+                "config": asdict(self.config), "probe_fwhm": self.probe_fwhm,
+                "inducing_radius": self.inducing_radius}  # fmt: skip
 
     def load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         X, y, P = arrays["X"], arrays["y"], arrays["P"]
@@ -608,6 +647,8 @@ class GainSurrogate:
         if len(z_idx) and (z_idx.min() < 0 or z_idx.max() >= len(X)):
             raise ValueError("state: inducing point indices out of range")
         self.z_idx = z_idx
+        radius = meta.get("inducing_radius")  # absent in older states: inducing points resampled
+        self.inducing_radius = None if radius is None else float(radius)
         ys = meta["y_scale"]
         self.y_scale = None if ys is None else float(ys)
         self.n_at_fit, self.n_fits = int(meta["n_at_fit"]), int(meta["n_fits"])
