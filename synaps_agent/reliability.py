@@ -303,6 +303,7 @@ class BufferedWriter:
         self.written = 0
         self.last_error: str | None = None
         self.outage_seconds = 0.0
+        self.rejected: list[tuple[str, dict, str]] = []
         self._tracker = _RunTracker()
         self._runs: dict[str, _RunState] = {}
         self._queue: queue.Queue = queue.Queue()
@@ -319,11 +320,16 @@ class BufferedWriter:
         return self._pending
 
     def __call__(self, name: str, doc: dict) -> None:
+        """Log and queue one document (returns at once). A document that belongs to no
+        run seen so far (an event before its descriptor...) is not written: it is kept
+        in :attr:`rejected` with the reason, and logged as an error."""
         if self._closed:
             raise RuntimeError("BufferedWriter is closed")
         run = self._tracker.run_of(name, doc)
         if run is None:
-            logger.error("BufferedWriter: %s document of no known run ignored: %r", name, doc)
+            reason = f"{name} document refers to no run this writer has seen (out of order?)"
+            logger.error("BufferedWriter: %s: %r", reason, doc)
+            self.rejected.append((name, doc, reason))
             return
         if self.wal is not None:
             self.wal.append(run, name, doc)

@@ -30,7 +30,8 @@ def replay_run(
     KeyError
         If there is no raw run ``uid``.
     ValueError
-        If the run is not an imaging run of ours (no ``modality`` in its metadata).
+        If the run is not an imaging run of ours (no ``modality`` in its metadata), or
+        its metadata cannot rebuild the geometry (checked before anything is computed).
     """
     if uid not in catalog.raw:
         raise KeyError(f"no raw run {uid!r} in the catalog")
@@ -41,6 +42,7 @@ def replay_run(
             f"run {uid} has modality {modality!r}: it is not a SYNAPS imaging run "
             "(ptychography, ptycho-tomography or tomography)"
         )
+    _check_geometry(uid, modality, run.start)
     started: list[str] = []
 
     def record(name: str, doc: dict) -> None:
@@ -73,3 +75,19 @@ def replay_run(
             raise TimeoutError(f"{type(callback).__name__} did not finish in {timeout} s")
     errors = [e for c in callbacks for e in c.errors]
     return {"modality": modality, "errors": errors, "analysis_uids": started}
+
+
+def _check_geometry(uid: str, modality: str, start: dict) -> None:
+    """Raise ``ValueError`` naming the run if its start document cannot rebuild the
+    geometry the reconstruction needs (a foreign or damaged run)."""
+    if modality == "tomography":
+        from .callbacks.tomo import TomoGeometry as Geometry
+    else:
+        from .callbacks.ptycho import PtychoGeometry as Geometry
+    try:
+        Geometry.from_start(dict(start))
+    except (KeyError, TypeError, ValueError) as exc:
+        detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ValueError(
+            f"run {uid} cannot be replayed: its {modality} metadata is incomplete ({detail})"
+        ) from None
