@@ -41,7 +41,8 @@ from benchmarks._common import (
     torch_threads,
     write_result,
 )
-from synaps_agent.metrics import align_complex, complex_errors, illuminated_mask
+from synaps_agent.callbacks.ptycho import place_in_frame
+from synaps_agent.metrics import align_complex, complex_errors, frc_resolution, illuminated_mask
 from synaps_agent.plans.patterns import raster_positions
 from synaps_agent.recon.ptycho import PtychoConfig, PtychoEngine, PtychoSnapshot
 from synaps_agent.sim_devices.beamline import make_sim_beamline
@@ -51,7 +52,7 @@ from synaps_agent.sim_devices.phantoms import make_phantom
 NAME = "recon_ptycho"
 CASES = ("P-sparse", "P-dense")
 ALGORITHMS = ("rpie", "lsqml")
-SEEDS = {"phantom": 0, "beamline": 0, "engine": 0, "jitter": 0}
+SEEDS = {"phantom": 0, "beamline": 0, "engine": 0, "engine_second": 1, "jitter": 0}
 
 
 def _params(smoke: bool) -> dict[str, Any]:
@@ -118,14 +119,17 @@ def simulate(case: str, p: dict[str, Any], frames_dir: Path, quiet: bool) -> dic
     rng = np.random.default_rng(SEEDS["jitter"])
     xy = planned + rng.uniform(-jitter, jitter, planned.shape)
     frames = np.empty((len(xy), p["frame_size"], p["frame_size"]), np.uint32)
+    repeat = np.empty_like(frames)  # a second, independent exposure (for the FRC)
     positions = np.empty((len(xy), 2))
-    t0 = time.perf_counter()
+    acquire_seconds = 0.0
     for i, (x, y) in enumerate(progress(xy, f"{case}: acquire", disable=quiet)):
         bl.stage.x.set(float(x)).wait(5)
         bl.stage.y.set(float(y)).wait(5)
+        t0 = time.perf_counter()
         frames[i] = det.acquire()
+        acquire_seconds += time.perf_counter() - t0
+        repeat[i] = det.acquire()
         positions[i] = det.position_to_pixels(bl.stage.x.position, bl.stage.y.position)
-    acquire_seconds = time.perf_counter() - t0
     guess = gaussian_probe(
         p["frame_size"],
         pixel,
@@ -138,6 +142,8 @@ def simulate(case: str, p: dict[str, Any], frames_dir: Path, quiet: bool) -> dic
         "phantom": phantom,
         "truth": phantom.transmission(det.energy.get()),
         "frames": frames,
+        "repeat_frames": repeat,
+        "pixel_size": pixel,
         "positions": positions,
         "probe_guess": guess,
         "true_probe": det.probe(),
@@ -146,11 +152,13 @@ def simulate(case: str, p: dict[str, Any], frames_dir: Path, quiet: bool) -> dic
     }
 
 
-def _engine(data: dict[str, Any], p: dict[str, Any], algorithm: str) -> PtychoEngine:
+def _engine(
+    data: dict[str, Any], p: dict[str, Any], algorithm: str, seed: int = SEEDS["engine"]
+) -> PtychoEngine:
     config = PtychoConfig(
         algorithm=algorithm,
         batch_size=p["batch_size"],
-        seed=SEEDS["engine"],
+        seed=seed,
         **({"alpha": 1.0, "beta_probe": 0.5} if algorithm == "lsqml" else {}),
     )
     shape = data["truth"].shape
@@ -158,11 +166,12 @@ def _engine(data: dict[str, Any], p: dict[str, Any], algorithm: str) -> PtychoEn
 
 
 def phase_error(snap: PtychoSnapshot, truth: np.ndarray) -> dict[str, Any]:
-    """``complex_errors`` of the object on the phantom's grid, illuminated pixels only."""
-    oy, ox = (int(v) for v in snap.origin)
-    h, w = truth.shape
-    rec = snap.object[-oy : -oy + h, -ox : -ox + w]
-    illumination = snap.illumination[-oy : -oy + h, -ox : -ox + w]
+    """``complex_errors`` of the object on the phantom's grid, illuminated pixels only.
+
+    The snapshot may cover more or less than the phantom (it is cut / padded to it).
+    """
+    rec = place_in_frame(snap.object, snap.origin, (0, 0), truth.shape, fill=1.0)
+    illumination = place_in_frame(snap.illumination, snap.origin, (0, 0), truth.shape, fill=0.0)
     mask = illuminated_mask(illumination, 0.1, erode=2)
     try:
         errors = complex_errors(rec, truth, mask=mask)
@@ -252,6 +261,52 @@ def epochs_run(data: dict[str, Any], p: dict[str, Any], algorithm: str, quiet: b
     }
 
 
+def _inner_box(mask: np.ndarray) -> tuple[slice, slice]:
+    """A rectangle inside ``mask`` (its bounding box, shrunk until fully inside)."""
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    while r1 - r0 > 16 and c1 - c0 > 16 and not mask[r0:r1, c0:c1].all():
+        r0, r1, c0, c1 = r0 + 1, r1 - 1, c0 + 1, c1 - 1
+    return slice(r0, r1), slice(c0, c1)
+
+
+def frc_run(
+    data: dict[str, Any], p: dict[str, Any], rec: np.ndarray, mask: np.ndarray
+) -> dict[str, Any]:
+    """Fourier ring correlation of two independent reconstructions, half-bit threshold.
+
+    The second reconstruction (rPIE, same settings and epochs, another mini-batch seed) is
+    from a second exposure at the same positions (independent Poisson noise). Both are
+    aligned on the truth and cut to a rectangle inside the lit area; the FRC of the
+    complex images (Hann window) gives the resolution where it falls below the half-bit
+    threshold. The FRC of the
+    first reconstruction against the truth is kept as a reference curve.
+    """
+    engine = _engine(data, p, "rpie", seed=SEEDS["engine_second"])
+    engine.add_frames(data["repeat_frames"], data["positions"])
+    engine.run_epochs(int(p["epochs"]))
+    second = phase_error(engine.snapshot(), data["truth"])
+    both = mask & second["mask"]
+    aligned = [align_complex(r, data["truth"], mask=both) for r in (rec, second["rec"])]
+    box = _inner_box(both)
+    pixel = float(data["pixel_size"])
+    halves = frc_resolution(aligned[0][box], aligned[1][box], pixel)
+    truth = frc_resolution(aligned[0][box], data["truth"][box], pixel)
+    return {
+        "resolution_nm": 1e9 * halves["resolution_m"],
+        "crossed": halves["crossed"],
+        "crossing_frequency": halves["crossing_frequency"],
+        "resolution_vs_truth_nm": 1e9 * truth["resolution_m"],
+        "pixel_size_nm": 1e9 * pixel,
+        "box_shape": [box[0].stop - box[0].start, box[1].stop - box[1].start],
+        "second_phase_rmse": second["phase_rmse"],
+        "frequencies": halves["frequencies"],
+        "frc": halves["frc"],
+        "threshold": halves["threshold"],
+        "frc_vs_truth": truth["frc"],
+    }
+
+
 def streaming_run(data: dict[str, Any], p: dict[str, Any], quiet: bool) -> dict[str, Any]:
     """Frames arrive one scan row at a time; after each row a fixed number of batches."""
     engine = _engine(data, p, "rpie")
@@ -291,13 +346,14 @@ def streaming_run(data: dict[str, Any], p: dict[str, Any], quiet: bool) -> dict[
 
 
 def plot(figures: dict[str, Any], images: dict[str, Any], path: Path) -> Path:
-    """Error vs epochs, error vs frames received, truth and reconstruction of P-dense."""
+    """Error vs epochs, error vs frames received, FRC; truth and reconstruction of P-dense."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4.4))
+    fig, grid = plt.subplots(2, 3, figsize=(16, 9.5))
+    axes = grid.ravel()
     styles = {"rpie": "-", "lsqml": "--"}
     for i, case in enumerate(CASES):
         color = f"C{i}"
@@ -330,15 +386,37 @@ def plot(figures: dict[str, Any], images: dict[str, Any], path: Path) -> Path:
         title="streaming rPIE, one scan row at a time",
     )
     axes[1].legend(fontsize=8)
+    for i, case in enumerate(CASES):
+        frc = figures["cases"][case]["frc"]
+        frequency = np.asarray(frc["frequencies"]) / frc["pixel_size_nm"]  # cycles per nm
+        axes[2].plot(
+            frequency,
+            frc["frc"],
+            color=f"C{i}",
+            label=f"{case}: {frc['resolution_nm']:.0f} nm",
+        )
+        axes[2].plot(frequency, frc["frc_vs_truth"], ":", color=f"C{i}", lw=1)
+    axes[2].plot(frequency, frc["threshold"], "k--", lw=1, label="half-bit threshold")
+    axes[2].set(
+        xlabel="spatial frequency (1/nm)",
+        ylabel="FRC",
+        ylim=(-0.1, 1.05),
+        title="FRC, two independent rPIE runs (dotted: vs truth)",
+    )
+    axes[2].legend(fontsize=8)
     truth, rec, mask = images["truth"], images["rec"], images["mask"]
     phase_t = np.angle(truth)
     vmin, vmax = np.percentile(phase_t, [1, 99])
-    axes[2].imshow(phase_t, cmap="gray", vmin=vmin, vmax=vmax)
-    axes[2].set_title(f"{images['case']} truth phase")
+    axes[3].imshow(phase_t, cmap="gray", vmin=vmin, vmax=vmax)
     shown = np.where(mask, np.angle(rec), np.nan)
-    axes[3].imshow(shown, cmap="gray", vmin=vmin, vmax=vmax)
-    axes[3].set_title(f"{images['case']} rPIE, {images['epochs']} epochs (aligned)")
-    for ax in axes[2:]:
+    axes[3].set_title(f"{images['case']} truth phase")
+    axes[4].imshow(shown, cmap="gray", vmin=vmin, vmax=vmax)
+    axes[4].set_title(f"{images['case']} rPIE phase, {images['epochs']} epochs (aligned)")
+    amp_t = np.abs(truth)
+    amin, amax = np.percentile(amp_t, [1, 99])
+    axes[5].imshow(np.where(mask, np.abs(rec), np.nan), cmap="gray", vmin=amin, vmax=amax)
+    axes[5].set_title(f"{images['case']} rPIE amplitude")
+    for ax in axes[3:]:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
@@ -368,6 +446,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 run = epochs_run(data, p, algorithm, args.quiet)
                 rec, mask = run.pop("_rec"), run.pop("_mask")
                 result[algorithm] = run
+                if algorithm == "rpie":
+                    result["frc"] = frc_run(data, p, rec, mask)
                 if case == CASES[-1] and algorithm == "rpie":
                     aligned = align_complex(rec, data["truth"], mask=mask)
                     images = {
@@ -428,6 +508,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows,
         ["case", "frames received", "phase RMSE (rad)", "patterns/s"],
     )
+    rows = [
+        [
+            case,
+            r["frc"]["pixel_size_nm"],
+            "x".join(str(n) for n in r["frc"]["box_shape"]),
+            r["frc"]["resolution_nm"],
+            "yes" if r["frc"]["crossed"] else "no (Nyquist)",
+            r["frc"]["resolution_vs_truth_nm"],
+        ]
+        for case, r in figures["cases"].items()
+    ]
+    print_table(
+        f"FRC, half-bit threshold: two independent rPIE reconstructions, {p['epochs']} epochs",
+        rows,
+        ["case", "pixel nm", "region px", "resolution nm", "crossed", "vs truth nm"],
+    )
     notes = [
         "2 CPU cores shared with other developers while measuring: rates are noisy; the "
         "thread speed-up is a ratio measured in the same run.",
@@ -438,6 +534,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "illumination (eroded 2 px), after shift, phase-ramp and complex-scale alignment.",
         f"Streaming: after each scan row, ceil({p['stream_batches_per_frame']} x row length) "
         f"mini-batches of {p['batch_size']}; error on the pixels illuminated so far.",
+        "FRC: rPIE on a second exposure at the same positions (independent Poisson noise), "
+        "both aligned on the truth, complex images in a rectangle inside the lit area, Hann "
+        "window; resolution = pixel / first crossing of the half-bit threshold (Nyquist, "
+        "2 pixels, if it never crosses). The FRC against the truth is a reference only.",
     ]
     path = write_result(NAME, figures, SEEDS, p, out=args.out, notes=notes)
     print(f"wrote {path} and {png}")
