@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from bluesky import RunEngine
 
-from .agent import AgentConfig, Axis, ImagingAgent, ScanSpace, StoppingRule
+from .agent import AgentConfig, Axis, ScanSpace, StoppingRule, make_strategy
 from .callbacks.agent_feed import AgentFeed
 from .callbacks.analysis import DocumentSink
 from .callbacks.ptycho import PtychoReconstruction
@@ -28,7 +28,14 @@ from .segment.scoring import mean_iou
 from .sim_devices.beamline import make_sim_beamline
 from .sim_devices.phantoms import make_phantom
 
-__all__ = ["ScanOutcome", "default_segmenter", "run_adaptive_comparison", "score_run"]
+__all__ = [
+    "STRATEGY_NAMES",
+    "ScanOutcome",
+    "default_segmenter",
+    "run_adaptive_comparison",
+    "run_strategies",
+    "score_run",
+]
 
 
 @dataclass
@@ -46,10 +53,19 @@ class ScanOutcome:
     final_origin: tuple[int, int] = (0, 0)
     final_phase: np.ndarray | None = None
     particles: dict | None = None
+    event_seconds: np.ndarray | None = None  # simulated clock at each exposure's event
 
     @property
     def final_iou(self) -> float:
         return self.curve[-1][1] if self.curve else float("nan")
+
+    def time_curve(self) -> list[tuple[float, float]]:
+        """``[(simulated seconds, mean IoU), ...]``: the IoU curve against the time the
+        exposures took (motor travel, settle and exposure) on the simulated clock."""
+        if self.event_seconds is None or not len(self.event_seconds):
+            return []
+        t = self.event_seconds
+        return [(float(t[min(max(n, 1), len(t)) - 1]), iou) for n, iou in self.curve]
 
 
 def default_segmenter(seed: int = 0) -> Segmenter:
@@ -121,6 +137,9 @@ def score_run(catalog, raw_uid: str, phantom, roi_pixels: tuple[slice, slice]) -
     return curve
 
 
+STRATEGY_NAMES = ("raster", "random", "greedy", "agent")
+
+
 def run_adaptive_comparison(
     catalog,
     *,
@@ -136,6 +155,49 @@ def run_adaptive_comparison(
 
     Returns the outcome per strategy (``"raster"``, ``"agent"``).
     """
+    return run_strategies(
+        catalog,
+        ("raster", "agent"),
+        case=case,
+        size=size,
+        seed=seed,
+        budget_fraction=budget_fraction,
+        segmenter=segmenter,
+        log=log,
+    )
+
+
+def run_strategies(
+    catalog,
+    strategies=STRATEGY_NAMES,
+    *,
+    case: str = "P-sparse",
+    size: int = 128,
+    seed: int = 300,
+    budget_fraction: float = 0.5,
+    segmenter: Segmenter | None = None,
+    final_epochs: int = 60,
+    batch_size: int = 8,
+    log=print,
+) -> dict[str, ScanOutcome]:
+    """Scan one region of a phantom with each strategy, live reconstruction and
+    segmentation in the loop, every run stored in ``catalog``.
+
+    ``"raster"`` is a full snake raster at about 70 % probe overlap; the other strategies
+    (``"agent"``, ``"random"``, ``"greedy"``, see
+    :data:`~synaps_agent.agent.STRATEGIES`) run :func:`adaptive_ptycho_scan` from the
+    same coarse seed lattice with ``budget_fraction`` of raster's exposures, on the same
+    beamline (same detector noise seed, motors and clock).
+
+    Returns
+    -------
+    dict
+        :class:`ScanOutcome` per strategy, with the IoU curve against ground truth and
+        the simulated time (motor travel, settle and exposure) of every exposure.
+    """
+    unknown = [s for s in strategies if s not in STRATEGY_NAMES]
+    if unknown or not strategies:
+        raise ValueError(f"strategies must be among {STRATEGY_NAMES}, got {list(strategies)}")
     phantom = make_phantom(case, seed, size=size)
     bl = make_sim_beamline(
         phantom,
@@ -152,9 +214,16 @@ def run_adaptive_comparison(
     roi_px = (slice(int(size / 2 - half / pixel_um), int(size / 2 + half / pixel_um)),) * 2
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(catalog.writer())
+    clock_at_event: list[float] = []  # simulated seconds when each event was emitted
+    RE.subscribe(lambda name, doc: clock_at_event.append(bl.clock.elapsed), "event")
+    raster = raster_positions(-half, half, -half, half, step, jitter=0.2, seed=seed)
+    budget = max(20, int(budget_fraction * len(raster)))
+    seeds = raster_positions(-half, half, -half, half, 4 * step, seed=seed)
+    space = ScanSpace([_stage_axis(name, motor, half) for name, motor in
+                       (("x", bl.stage.x), ("y", bl.stage.y))])  # fmt: skip
     outcomes: dict[str, ScanOutcome] = {}
 
-    def live():
+    for strategy in strategies:
         seg = LiveSegmentation(
             DocumentSink(catalog.writer("processed")),
             segmenter=segmenter,
@@ -165,99 +234,67 @@ def run_adaptive_comparison(
             DocumentSink(catalog.writer("processed"), seg),
             config=PtychoConfig(batch_size=32, seed=seed),
             snapshot_interval=1.0,
-            final_epochs=60,
+            final_epochs=final_epochs,
         )
-        return recon, seg
-
-    # -- raster --------------------------------------------------------------------------
-    raster = raster_positions(-half, half, -half, half, step, jitter=0.2, seed=seed)
-    recon, seg = live()
-    token = RE.subscribe(recon)
-    bl.clock.reset()
-    log(f"raster: {len(raster)} exposures over +-{half:.2f} um ...")
-    (uid,) = RE(
-        ptycho_scan(
-            [bl.ptycho_det],
-            bl.stage.x,
-            bl.stage.y,
-            raster,
-            shutter=bl.shutter,
-            md={"strategy": "raster"},
-        )
-    )
-    RE.unsubscribe(token)
-    _wait_for(recon, seg)
-    outcomes["raster"] = _outcome("raster", uid, raster, bl, recon, seg, catalog, phantom, roi_px)
-
-    # -- agent ---------------------------------------------------------------------------
-    budget = max(20, int(budget_fraction * len(raster)))
-    space = ScanSpace(
-        [
-            Axis(
-                "x",
-                -half,
-                half,
-                "um",
-                velocity=bl.stage.x.velocity.get(),
-                acceleration_time=bl.stage.x.acceleration.get(),
-                settle_time=bl.stage.x.settle_time.get(),
-            ),
-            Axis(
-                "y",
-                -half,
-                half,
-                "um",
-                velocity=bl.stage.y.velocity.get(),
-                acceleration_time=bl.stage.y.acceleration.get(),
-                settle_time=bl.stage.y.settle_time.get(),
-            ),
-        ]
-    )
-    agent = ImagingAgent(
-        space,
-        AgentConfig(
-            probe_fwhm=10 * pixel_um,
-            max_step=1.3 * step,
-            exposure_time=bl.ptycho_det.exposure_time.get(),
-        ),
-        stopping=StoppingRule(max_exposures=budget),
-        seed=seed,
-    )
-    recon, seg = live()
-    feed = AgentFeed(
-        agent,
-        seg.uncertainty_for_agent,
-        footprint_radius=5 * pixel_um,
-        sink=DocumentSink(catalog.writer("processed")),
-    )
-    seeds = raster_positions(-half, half, -half, half, 4 * step, seed=seed)
-    token = RE.subscribe(recon)
-    bl.clock.reset()
-    log(
-        f"agent: budget {budget} exposures ({budget_fraction:.0%} of raster), "
-        f"{len(seeds)} seeds ..."
-    )
-    (uid,) = RE(
-        adaptive_ptycho_scan(
-            [bl.ptycho_det],
-            bl.stage.x,
-            bl.stage.y,
-            feed,
-            seeds,
-            batch_size=8,
-            max_exposures=budget,
-            shutter=bl.shutter,
-            md={"strategy": "agent"},
-        )
-    )
-    RE.unsubscribe(token)
-    _wait_for(recon, seg)
-    run = catalog.raw[uid]
-    positions = np.column_stack(
-        [np.asarray(run["primary"]["stage_x"].read()), np.asarray(run["primary"]["stage_y"].read())]
-    )
-    outcomes["agent"] = _outcome("agent", uid, positions, bl, recon, seg, catalog, phantom, roi_px)
+        token = RE.subscribe(recon)
+        bl.clock.reset()
+        clock_at_event.clear()
+        if strategy == "raster":
+            log(f"raster: {len(raster)} exposures over +-{half:.2f} um ...")
+            plan = ptycho_scan(
+                [bl.ptycho_det], bl.stage.x, bl.stage.y, raster,
+                shutter=bl.shutter, md={"strategy": "raster"},
+            )  # fmt: skip
+        else:
+            agent = make_strategy(
+                strategy,
+                space,
+                AgentConfig(
+                    probe_fwhm=10 * pixel_um,
+                    max_step=1.3 * step,
+                    exposure_time=bl.ptycho_det.exposure_time.get(),
+                ),
+                stopping=StoppingRule(max_exposures=budget),
+                seed=seed,
+            )
+            feed = AgentFeed(
+                agent,
+                seg.uncertainty_for_agent,
+                footprint_radius=5 * pixel_um,
+                sink=DocumentSink(catalog.writer("processed")),
+            )
+            log(
+                f"{strategy}: budget {budget} exposures ({budget_fraction:.0%} of raster), "
+                f"{len(seeds)} seeds ..."
+            )
+            plan = adaptive_ptycho_scan(
+                [bl.ptycho_det], bl.stage.x, bl.stage.y, feed, seeds,
+                batch_size=batch_size, max_exposures=budget, shutter=bl.shutter,
+                md={"strategy": strategy},
+            )  # fmt: skip
+        (uid,) = RE(plan)
+        RE.unsubscribe(token)
+        _wait_for(recon, seg)
+        run = catalog.raw[uid]
+        positions = np.column_stack([np.asarray(run["primary"]["stage_x"].read()),
+                                     np.asarray(run["primary"]["stage_y"].read())])  # fmt: skip
+        outcome = _outcome(strategy, uid, positions, bl, recon, seg, catalog, phantom, roi_px)
+        outcome.event_seconds = np.asarray(clock_at_event, dtype=float)
+        outcomes[strategy] = outcome
     return outcomes
+
+
+def _stage_axis(name: str, motor, half: float) -> Axis:
+    """The agent's view of a stage motor over ``[-half, half]``, with its kinematics."""
+    return Axis(
+        name,
+        -half,
+        half,
+        "um",
+        velocity=motor.velocity.get(),
+        acceleration_time=motor.acceleration.get(),
+        settle_time=motor.settle_time.get(),
+    )
 
 
 def _wait_for(*callbacks, timeout: float = 600.0) -> None:

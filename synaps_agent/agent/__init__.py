@@ -18,6 +18,12 @@ from synaps_agent.agent.acquisition import (
     upper_confidence_bound,
 )
 from synaps_agent.agent.agent import STATE_VERSION, AgentConfig, ImagingAgent
+from synaps_agent.agent.baselines import (
+    STRATEGIES,
+    GreedyUncertaintyAgent,
+    RandomAgent,
+    make_strategy,
+)
 from synaps_agent.agent.candidates import CandidateGenerator, angle_grid, lattice
 from synaps_agent.agent.safety import NoAdmissibleCandidateError, SafetyGate, UnsafePointError
 from synaps_agent.agent.space import Axis, Disc, Rectangle, ScanSpace, trapezoid_time
@@ -27,15 +33,18 @@ from synaps_agent.agent.surrogate import GainSurrogate, GridPriorMean, Posterior
 __all__ = [
     "ACQUISITIONS",
     "STATE_VERSION",
+    "STRATEGIES",
     "AgentConfig",
     "Axis",
     "CandidateGenerator",
     "Disc",
     "GainSurrogate",
+    "GreedyUncertaintyAgent",
     "GridPriorMean",
     "ImagingAgent",
     "NoAdmissibleCandidateError",
     "Posterior",
+    "RandomAgent",
     "Rectangle",
     "SafetyGate",
     "ScanSpace",
@@ -46,6 +55,7 @@ __all__ = [
     "expected_improvement",
     "information_per_second",
     "lattice",
+    "make_strategy",
     "mean_uncertainty",
     "order_by_travel",
     "path_time",

@@ -108,6 +108,8 @@ class ImagingAgent:
     >>> agent.tell(points[0], {"gain": 0.12})
     """
 
+    strategy = "agent"  # what the decision documents call this way of choosing
+
     def __init__(
         self,
         space: ScanSpace,
@@ -298,29 +300,12 @@ class ImagingAgent:
         t0 = time.perf_counter()
         cfg = self.config
         sur = self.surrogate
-        if sur.needs_fit():
-            sur.fit(self.rng)
         raw = self.candidates(self.gate.measured.points, self.rng)
         n_raw = len(raw)
         cands = self.gate.filter(raw)
         n_admissible = len(cands)
         cands = self.candidates.subsample(cands, self.rng)
-        post = sur.posterior(cands)
-        best_f = float(np.max(sur.y)) if sur.n else 0.0
-        idx, values, summary = select_batch(
-            post,
-            cands,
-            batch_size,
-            space=self.space,
-            acquisition=cfg.acquisition,
-            beta=cfg.beta,
-            best_f=best_f,
-            cost_aware=cfg.cost_aware,
-            start=self.position,
-            exposure_time=cfg.exposure_time,
-            embedding=lambda c: self.space.scaled_embedding(c, self.tolerance),
-            min_distance=cfg.batch_min_distance,
-        )
+        idx, values, predicted, summary = self._choose(cands, batch_size)
         order = order_by_travel(self.space, self.position, cands[idx])
         idx, values = idx[order], values[order]
         points = self.gate.finalize(cands[idx])
@@ -340,11 +325,12 @@ class ImagingAgent:
             prev = point
             docs.append({
                 "point": self.space.to_dicts(point)[0],
+                "strategy": self.strategy,
                 "acquisition": cfg.acquisition,
                 "cost_aware": cfg.cost_aware,
                 "acquisition_value": float(values[k]),
-                "predicted_gain": float(post.mean[j]),
-                "predicted_std": float(post.std[j]),
+                "predicted_gain": float(predicted[0][j]),
+                "predicted_std": float(predicted[1][j]),
                 "prior": prior[k].tolist(),
                 "travel_time": travel,
                 "batch_index": k,
@@ -357,6 +343,38 @@ class ImagingAgent:
                 "latency_s": latency,
             })  # fmt: skip
         return docs, points
+
+    def _choose(
+        self, cands: np.ndarray, batch_size: int
+    ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray], dict[str, Any]]:
+        """Pick ``batch_size`` of the admissible candidates ``cands``.
+
+        Returns
+        -------
+        indices, values : chosen rows of ``cands`` and their acquisition values
+        predicted : (mean, std) of the predicted gain at every candidate
+        summary : statistics of the scores (stored with each decision)
+        """
+        cfg, sur = self.config, self.surrogate
+        if sur.needs_fit():
+            sur.fit(self.rng)
+        post = sur.posterior(cands)
+        best_f = float(np.max(sur.y)) if sur.n else 0.0
+        idx, values, summary = select_batch(
+            post,
+            cands,
+            batch_size,
+            space=self.space,
+            acquisition=cfg.acquisition,
+            beta=cfg.beta,
+            best_f=best_f,
+            cost_aware=cfg.cost_aware,
+            start=self.position,
+            exposure_time=cfg.exposure_time,
+            embedding=lambda c: self.space.scaled_embedding(c, self.tolerance),
+            min_distance=cfg.batch_min_distance,
+        )
+        return idx, values, (post.mean, post.std), summary
 
     # -- report ------------------------------------------------------------------------------
     def report(self) -> dict[str, Any]:

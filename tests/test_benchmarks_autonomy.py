@@ -1,0 +1,54 @@
+"""The ``autonomy`` benchmark runs at ``--smoke`` size and records sane figures.
+
+Smoke sizes are far too small for the figures to mean anything about the agent's quality;
+here every strategy must have scanned, been segmented and scored against ground truth, and
+the summary must be consistent with the curves it was computed from.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import autonomy  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def test_curve_helpers():
+    curve = [(10, 0.2), (20, 0.5), (40, 0.7)]
+    assert autonomy.iou_at(curve, 5) is None
+    assert autonomy.iou_at(curve, 25) == 0.5
+    assert autonomy.fraction_to_reach(curve, 0.6, 80) == 0.5
+    assert autonomy.fraction_to_reach(curve, 0.8, 80) is None
+
+
+@pytest.mark.timeout(240)
+def test_autonomy_smoke(tmp_path):
+    result = autonomy.main(["--smoke", "--out", str(tmp_path), "--quiet"])
+    record = json.loads(Path(result["path"]).read_text())
+    assert record["benchmark"] == "autonomy" and record["params"]["smoke"] is True
+    assert all(seed > 9 for seed in record["seeds"].values())  # outside development seeds
+    assert (tmp_path / "autonomy.png").stat().st_size > 10_000
+    (case,) = record["params"]["cases"]
+    info = record["figures"]["cases"][case]
+    strategies = info["strategies"]
+    assert set(strategies) == {"raster", "random", "greedy", "agent"}
+    raster = strategies["raster"]
+    assert info["target_iou"] == pytest.approx(raster["final_iou"] - autonomy.TOLERANCE)
+    assert raster["fraction_of_raster_to_reach"] == 1.0  # raster reaches its own final IoU
+    for name, s in strategies.items():
+        assert 0.0 < s["final_iou"] <= 1.0, name
+        assert s["iou_vs_exposures"] and len(s["iou_vs_seconds"]) == len(s["iou_vs_exposures"])
+        # the adaptive strategies got half of raster's exposures, on the same clock
+        if name != "raster":
+            assert s["exposures"] == max(20, raster["exposures"] // 2)
+        seconds = [t for t, _ in s["iou_vs_seconds"]]
+        assert 0 < seconds[-1] <= s["simulated_seconds"] + 1e-9
