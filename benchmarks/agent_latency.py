@@ -148,7 +148,7 @@ def measure_case(case: str, n: int, p: dict[str, Any], quiet: bool) -> dict[str,
     n_decisions = int(
         np.clip(math.ceil(refit_interval / q) + 2, p["min_decisions"], p["max_decisions"])
     )
-    latency, cpu, tell_ms, refit = [], [], [], []
+    latency, cpu, tell_ms, refit, models = [], [], [], [], []
     for _ in progress(range(n_decisions), f"{case} n={n}", disable=quiet):
         gains = true_gain(agent, points, rng_noise)
         fits = agent.surrogate.n_fits
@@ -162,13 +162,14 @@ def measure_case(case: str, n: int, p: dict[str, Any], quiet: bool) -> dict[str,
         cpu.append(1e3 * (c2 - c0))
         tell_ms.append(1e3 * (t1 - t0))
         refit.append(agent.surrogate.n_fits > fits)
+        models.append(agent.surrogate.kind)
     lat = np.asarray(latency)
     refit_lat = lat[np.asarray(refit, dtype=bool)]
     return {
         "case": case,
         "n_observations": n,
         "batch_size": q,
-        "model": agent.surrogate.kind,
+        "model": "+".join(dict.fromkeys(models)),  # e.g. "exact+sparse" across exact_max
         "decisions": n_decisions,
         "p50_ms": float(np.percentile(lat, 50)),
         "p95_ms": float(np.percentile(lat, 95)),

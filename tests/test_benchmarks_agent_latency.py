@@ -39,8 +39,13 @@ def test_agent_latency_smoke(tmp_path):
     exact_max = agent_latency.SurrogateConfig().exact_max
     for r in rows:
         forced_exact = r["case"] == "xy_exact"
-        assert r["model"] == ("exact" if forced_exact or r["n_observations"] <= exact_max
-                              else "sparse"), r  # fmt: skip
+        n_end = r["n_observations"] + r["decisions"] * r["batch_size"]
+        if forced_exact or n_end <= exact_max:
+            assert r["model"] == "exact", r
+        elif r["n_observations"] > exact_max:
+            assert r["model"] == "sparse", r
+        else:
+            assert r["model"] == "exact+sparse", r
         assert r["decisions"] >= record["params"]["min_decisions"]
         for key in ("p50_ms", "p95_ms", "max_ms", "cpu_p95_ms", "first_decision_ms"):
             assert math.isfinite(r[key]) and r[key] > 0, (r["case"], key)
