@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -76,6 +77,10 @@ class AgentFeed:
         uncertainty (about the probe's half width at half maximum... its FWHM).
     sink : callable, optional
         Receives the decision documents (an analysis run linked to the raw run).
+    state_path : path, optional
+        The agent's state is saved there (``<path>.json`` + ``<path>.npz``) after every
+        decision and when the scan ends, so a new session can go on from it
+        (:meth:`resume`). A failed save is logged; the scan goes on.
     """
 
     def __init__(
@@ -85,6 +90,7 @@ class AgentFeed:
         *,
         footprint_radius: float,
         sink: Subscriber | None = None,
+        state_path: str | Path | None = None,
     ) -> None:
         if not footprint_radius > 0:
             raise ValueError(f"footprint_radius must be positive, got {footprint_radius}")
@@ -92,6 +98,8 @@ class AgentFeed:
         self.uncertainty = uncertainty
         self.footprint_radius = float(footprint_radius)
         self.sink = sink
+        self.state_path = None if state_path is None else Path(state_path)
+        self.saves = 0
         self.analysis: AnalysisRun | None = None
         self.decisions = 0
         self.told = 0
@@ -100,6 +108,38 @@ class AgentFeed:
         self._version = 0
         self._current: tuple[np.ndarray, tuple] | None = None
         self._lock = threading.Lock()
+
+    @classmethod
+    def resume(
+        cls, state_path: str | Path, uncertainty: UncertaintySource, **kwargs
+    ) -> AgentFeed:
+        """A feed around the agent saved at ``state_path`` (by a feed with that
+        ``state_path``, e.g. in a session that crashed), which keeps saving there.
+
+        Raises ``ValueError`` if the state is missing, damaged or of an unknown version.
+        """
+        from synaps_agent.agent import ImagingAgent
+
+        return cls(ImagingAgent.load(state_path), uncertainty, state_path=state_path, **kwargs)
+
+    def save_state(self) -> bool:
+        """Save the agent's state to ``state_path`` (if set); ``False`` if that failed."""
+        if self.state_path is None:
+            return False
+        try:
+            self.agent.save(self.state_path)
+        except Exception as exc:  # noqa: BLE001 - a full disk must not end the scan
+            logger.warning("could not save the agent state to %s: %r", self.state_path, exc)
+            return False
+        self.saves += 1
+        return True
+
+    def already_done(self, points) -> np.ndarray:
+        """Mask of ``points`` the agent has measured or seen fail (e.g. the seeds of a
+        scan that is resumed from a saved state)."""
+        gate = self.agent.gate
+        p = self.agent.space.to_array(points)
+        return gate.measured.near(p) | gate.failed.near(p)
 
     @property
     def region(self) -> tuple[tuple[float, float], tuple[float, float]] | None:
@@ -123,8 +163,10 @@ class AgentFeed:
             )
 
     def close(self, reason: str) -> None:
-        """Tell the gains that can still be told and close the decisions' run."""
+        """Tell the gains that can still be told, save the state and close the decisions'
+        run."""
         self.refresh()
+        self.save_state()
         if self.analysis is not None:
             self.analysis.event(
                 "summary",
@@ -182,6 +224,7 @@ class AgentFeed:
         self.refresh()
         docs, points = self.agent.ask(batch_size)
         self.decisions += 1
+        self.save_state()
         if self.analysis is not None:
             for doc, point in zip(docs, np.asarray(points, dtype=float), strict=False):
                 self.analysis.event(

@@ -58,7 +58,8 @@ def adaptive_ptycho_scan(
         :class:`~synaps_agent.callbacks.agent_feed.AgentFeed`).
     seed_positions : (n, 2) sequence
         First positions (a coarse lattice): they give the reconstruction and the
-        segmentation something to start from.
+        segmentation something to start from. Seeds the feed's agent has already measured
+        (a scan resumed with :meth:`AgentFeed.resume`) are skipped.
     batch_size : int
         Points per decision.
     max_exposures : int
@@ -73,8 +74,12 @@ def adaptive_ptycho_scan(
     """
     detectors = _check_detectors(detectors)
     seeds = _as_positions(seed_positions)
-    if batch_size < 1 or max_exposures < len(seeds):
-        raise ValueError("batch_size must be >= 1 and max_exposures >= the number of seeds")
+    done = getattr(feed, "already_done", None)
+    todo = seeds if done is None else seeds[~done(seeds)]  # a resumed scan skips them
+    if batch_size < 1 or max_exposures < len(todo):
+        raise ValueError(
+            "batch_size must be >= 1 and max_exposures >= the number of seeds to measure"
+        )
     check_within_limits(x_motor, seeds[:, 0])
     check_within_limits(y_motor, seeds[:, 1])
     # the region the agent may propose in (the reconstruction pre-sizes its grid to it)
@@ -109,7 +114,7 @@ def adaptive_ptycho_scan(
     @bpp.stage_decorator(detectors)
     def scan() -> Generator[Msg, Any, str]:
         exposures = 0
-        for x, y in seeds:
+        for x, y in todo:
             exposures += bool((yield from expose_at(float(x), float(y))))
         while True:
             stop, reason = feed.should_stop()

@@ -416,6 +416,7 @@ class ImagingAgent:
             arrays["aprior_values"], arrays["aprior_angles"] = self.angle_prior
         meta = {
             "version": STATE_VERSION,
+            "strategy": self.strategy,
             "space": self.space.to_dict(),
             "config": asdict(self.config),
             "stopping": self.stopping.to_dict(),
@@ -494,9 +495,20 @@ class ImagingAgent:
         return jpath, npath
 
     @classmethod
+    def _saved_class(cls, meta: Mapping[str, Any]) -> type[ImagingAgent]:
+        """The class that saved ``meta`` (a baseline strategy saved by a baseline),
+        if it is this class or a subclass of it."""
+        from synaps_agent.agent.baselines import STRATEGIES
+
+        saved = STRATEGIES.get(str(meta.get("strategy", cls.strategy)))
+        if saved is None:
+            raise ValueError(f"unknown strategy {meta.get('strategy')!r} in the agent state")
+        return saved if issubclass(saved, cls) else cls
+
+    @classmethod
     def load(cls, path: str | Path) -> ImagingAgent:
-        """Rebuild an agent saved by :meth:`save`; ``ValueError`` on corrupted or
-        unknown-version files."""
+        """Rebuild an agent saved by :meth:`save` (as the strategy that saved it);
+        ``ValueError`` on corrupted or unknown-version files."""
         base = _base(path)
         jpath, npath = _paths(base)
         try:
@@ -515,7 +527,7 @@ class ImagingAgent:
         try:
             with np.load(io.BytesIO(payload), allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-            agent = cls(
+            agent = cls._saved_class(meta)(
                 ScanSpace.from_dict(meta["space"]),
                 AgentConfig.from_dict(meta["config"]),
                 stopping=StoppingRule.from_dict(meta["stopping"]),
