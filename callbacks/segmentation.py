@@ -41,12 +41,19 @@ __all__ = [
     "LiveSegmentation",
     "ReconstructionSnapshot",
     "SegmentationSnapshot",
+    "VolumeSegmentation",
+    "VolumeSegmentationSnapshot",
+    "cylinder_mask",
+    "measured_summary",
     "normalize_reconstruction",
+    "particles_event",
     "stage_extent",
 ]
 
 RECONSTRUCTION_PROCESSOR = "ptycho_reconstruction"
 RECONSTRUCTION_STREAM = "reconstruction"
+TOMO_PROCESSOR = "tomo_reconstruction"
+VOLUME_STREAM = "tomogram_volume"
 PHASE_NAMES = ("pore", "carbon_binder", "active", "secondary")
 
 
@@ -382,8 +389,6 @@ class LiveSegmentation(StreamingAnalysis):
 
     def _emit_particles(self, snap: ReconstructionSnapshot, result: SegmentationResult) -> dict:
         """Particle statistics of the measured part of a final segmentation."""
-        from synaps_agent.segment.characterize import particle_instances, sample_summary
-
         pixel_size = self.pixel_size
         if pixel_size is None and self.image_geometry:
             pixel_size = self.image_geometry.get("pixel_size_m")
@@ -391,27 +396,12 @@ class LiveSegmentation(StreamingAnalysis):
             self.report_warning(f"{self.processor}: no pixel size known; particles skipped")
             return {}
         measured = self._measured(snap.illumination)
-        labels = np.asarray(result.labels, dtype=np.int8)
         if not measured.any():
             self.report_warning(f"{self.processor}: nothing measured; particles skipped")
             return {}
-        rows = np.flatnonzero(measured.any(axis=1))
-        cols = np.flatnonzero(measured.any(axis=0))
-        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        crop = labels[r0:r1, c0:c1].copy()
-        inside = measured[r0:r1, c0:c1]
-        crop[~inside] = 0  # unmeasured pixels count as pore for the particle split
-        instances = particle_instances(crop)
-        summary = sample_summary(crop, instances, float(pixel_size), exclude_border=False)
+        summary, (rows, cols) = measured_summary(result.labels, measured, float(pixel_size))
         table = summary.pop("table")
-        # phase fractions over the measured pixels only
-        counts = np.bincount(crop[inside].astype(np.intp), minlength=len(PHASE_NAMES))
-        fractions = counts[: len(PHASE_NAMES)] / max(int(inside.sum()), 1)
-        summary["phase_fractions"] = {
-            name: float(f) for name, f in zip(PHASE_NAMES, fractions, strict=True)
-        }
-        summary["porosity"] = float(fractions[0])
-        summary["solid_fraction"] = float(fractions[2] + fractions[3])
+        r0, c0 = rows.start, cols.start
         # centroids in the stage-origin pixel frame and in stage units
         if len(table):
             centroids = np.array([list(c) for c in table["centroid_px"]], dtype=float)
@@ -425,20 +415,7 @@ class LiveSegmentation(StreamingAnalysis):
                 table["y"] = (table["row"] - so_row) * ps / float(geometry.get("y_unit_m", 1e-6))
             table = table.drop(columns=["centroid_px"])
         self.analysis.event(
-            "particles",
-            {
-                "count": int(summary["count"]),
-                "median_diameter_m": float(summary["median_diameter_m"]),
-                "mean_diameter_m": float(summary["mean_diameter_m"]),
-                "porosity": float(summary["porosity"]),
-                "solid_fraction": float(summary["solid_fraction"]),
-                "cracked_fraction": float(summary["cracked_fraction"]),
-                **{f"fraction_{k}": float(v) for k, v in summary["phase_fractions"].items()},
-                "diameter_histogram": json.dumps(summary["diameter_histogram"]),
-                "pixel_size_m": float(pixel_size),
-                "theta": float(snap.theta),
-                "table": table.to_json(orient="records"),
-            },
+            "particles", {**particles_event(summary, table), "theta": float(snap.theta)}
         )
         summary["table"] = table
         return summary
@@ -479,6 +456,318 @@ class LiveSegmentation(StreamingAnalysis):
             return None
         uncertainty = np.asarray(latest.result.uncertainty, dtype=np.float32)
         return uncertainty, stage_extent(latest.image_geometry, latest.origin, uncertainty.shape)
+
+
+@dataclass
+class VolumeSegmentationSnapshot:
+    """The segmentation of a tomographic volume (:attr:`VolumeSegmentation.latest`).
+
+    Attributes
+    ----------
+    labels : (nz, ny, nx) int8
+        Phase per voxel.
+    uncertainty : (nz, ny, nx) float32
+        In [0, 1]; 1 outside the measured cylinder.
+    measured : (nz, ny, nx) bool
+        Voxels inside the cylinder every projection saw.
+    summary : dict
+        3D :func:`measured_summary` (count, diameters, phase fractions, ``table``);
+        empty when characterization is off or failed.
+    raw_uid, recon_uid : str or None
+        The raw run and the reconstruction's analysis run.
+    num_angles : int
+        Projections in the reconstruction.
+    time : float
+        ``time.time()`` when the segmentation finished.
+    """
+
+    labels: np.ndarray
+    uncertainty: np.ndarray
+    measured: np.ndarray
+    summary: dict
+    raw_uid: str | None
+    recon_uid: str | None
+    num_angles: int
+    time: float
+
+
+class VolumeSegmentation(StreamingAnalysis):
+    """Segment a tomographic reconstruction slice by slice and characterize it in 3D.
+
+    Consumes the documents of a :class:`~synaps_agent.callbacks.tomo.TomoReconstruction`
+    analysis run (processor ``"tomo_reconstruction"``): each ``tomogram_volume`` event
+    (the volume, linear attenuation in 1/m) is segmented on a worker thread, one axial
+    slice ``volume[z]`` at a time, by a 2D segmenter of real images (e.g. a
+    :class:`~synaps_agent.segment.forest.ForestSegmenter` trained on reconstructions of
+    other volumes, wrapped in :class:`~synaps_agent.segment.base.ProbabilisticSegmenter`).
+    The voxels outside the cylinder every projection saw count as not measured
+    (uncertainty 1, pore for the particles). Emits an analysis run (processor
+    ``"volume_segmentation"``) with a ``segmentation_volume`` stream (labels,
+    uncertainty, entropy) and a ``particles`` stream (3D particle table and sample
+    figures, as :class:`LiveSegmentation` does for 2D).
+
+    Parameters
+    ----------
+    sink : callable or list of callables, optional
+        Receives the analysis run's documents.
+    segmenter : Segmenter
+        ``segment(slice_2d, coverage) -> SegmentationResult``.
+    characterize : bool
+        Measure the particles in 3D (``particles`` stream).
+    voxel_size : float, optional
+        Voxel edge in metres; by default the reconstruction's ``voxel_size_m``.
+    cylinder_radius : float
+        Radius of the measured cylinder as a fraction of the slice width.
+    instance_options : dict, optional
+        Passed to :func:`~synaps_agent.segment.characterize.particle_instances`; its
+        defaults suit particles of radius >= 4 voxels (reduce ``crack_closing_px``,
+        ``h`` and ``min_size`` for smaller ones).
+    """
+
+    processor = "volume_segmentation"
+
+    def __init__(
+        self,
+        sink: Subscriber | Iterable[Subscriber] | None = None,
+        *,
+        segmenter: Segmenter,
+        characterize: bool = True,
+        voxel_size: float | None = None,
+        cylinder_radius: float = 0.45,
+        instance_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(sink)
+        if not callable(getattr(segmenter, "segment", None)):
+            raise TypeError(f"{segmenter!r} has no segment(image, coverage) method")
+        if voxel_size is not None and not voxel_size > 0:
+            raise ValueError(f"voxel_size must be positive, got {voxel_size}")
+        if not 0 < cylinder_radius <= 0.5 * math.sqrt(2):
+            raise ValueError(f"cylinder_radius must be in (0, 0.71], got {cylinder_radius}")
+        self.segmenter = segmenter
+        self.characterize = bool(characterize)
+        self.voxel_size = None if voxel_size is None else float(voxel_size)
+        self.cylinder_radius = float(cylinder_radius)
+        self.instance_options = dict(instance_options or {})
+        self.analysis: AnalysisRun | None = None
+        self.raw_uid: str | None = None
+        self.recon_uid: str | None = None
+        self.recon_voxel_size: float | None = None
+        self.skipped: list[tuple[int, str]] = []
+        self._descriptors: set[str] = set()
+        self._latest: VolumeSegmentationSnapshot | None = None
+
+    # -- documents --------------------------------------------------------------------
+    def start(self, doc: dict) -> None:
+        processor = doc.get("processor", {})
+        if processor.get("name") != TOMO_PROCESSOR:
+            return
+        self.stop_worker(timeout=30)
+        if self.analysis is not None:
+            self.analysis.close(exit_status="abort", reason="a new reconstruction started")
+        self.recon_uid = doc["uid"]
+        self.raw_uid = doc.get("raw_uid")
+        self.recon_voxel_size = processor.get("parameters", {}).get("voxel_size_m")
+        self.skipped = []
+        self._descriptors = set()
+        self._latest = None
+        self.analysis = AnalysisRun(
+            self.sink,
+            raw_uid=self.raw_uid or "",
+            processor=self.processor,
+            parameters={
+                "segmenter": _describe(self.segmenter),
+                "characterize": self.characterize,
+                "voxel_size": self.voxel_size,
+                "cylinder_radius": self.cylinder_radius,
+                "instance_options": self.instance_options,
+                "slicing": "axial (volume[z])",
+            },
+            md={
+                "recon_uid": self.recon_uid,
+                "modality": doc.get("modality"),
+                "sample": doc.get("sample", {}),
+            },
+        )
+        self.start_worker()
+
+    def descriptor(self, doc: dict) -> None:
+        if (
+            self.recon_uid is not None
+            and doc.get("run_start") == self.recon_uid
+            and doc.get("name") == VOLUME_STREAM
+        ):
+            self._descriptors.add(doc["uid"])
+
+    def event(self, doc: dict) -> None:
+        if doc.get("descriptor") not in self._descriptors:
+            return
+        data = doc["data"]
+        volume = np.asarray(data["volume"], dtype=np.float32)
+        self.submit((int(doc.get("seq_num", 0)), volume, int(data.get("num_angles", -1))))
+
+    def stop(self, doc: dict) -> None:
+        if self.analysis is None or doc.get("run_start") != self.recon_uid:
+            return
+        self.finish()
+
+    # -- worker -----------------------------------------------------------------------
+    def process(self, item: tuple[int, np.ndarray, int]) -> None:
+        seq_num, volume, num_angles = item
+        problem = _check_volume(volume)
+        if problem:
+            self.skipped.append((seq_num, problem))
+            self.report_warning(f"{self.processor}: volume event {seq_num} skipped: {problem}")
+            return
+        measured = cylinder_mask(volume.shape, self.cylinder_radius)
+        coverage = measured[0].astype(np.float32)
+        labels = np.empty(volume.shape, np.int8)
+        uncertainty = np.empty(volume.shape, np.float32)
+        entropy = np.empty(volume.shape, np.float32)
+        for z, image in enumerate(volume):
+            result = self.segmenter.segment(image, coverage=coverage)
+            _check_result(result, image.shape)
+            labels[z] = result.labels
+            uncertainty[z] = result.uncertainty
+            entropy[z] = result.entropy
+        self.analysis.event(
+            "segmentation_volume",
+            {
+                "labels": labels,
+                "uncertainty": uncertainty,
+                "entropy": entropy,
+                "mean_uncertainty_measured": float(uncertainty[measured].mean()),
+                "measured_fraction": float(measured.mean()),
+                "recon_seq_num": seq_num,
+                "num_angles": num_angles,
+            },
+        )
+        summary: dict = {}
+        if self.characterize:
+            try:
+                summary = self._emit_particles(labels, measured)
+            except Exception as exc:  # noqa: BLE001 - the segmentation is already out
+                self.report_error(f"{self.processor}: particle characterization: {exc!r}")
+        self._latest = VolumeSegmentationSnapshot(
+            labels=labels,
+            uncertainty=uncertainty,
+            measured=measured,
+            summary=summary,
+            raw_uid=self.raw_uid,
+            recon_uid=self.recon_uid,
+            num_angles=num_angles,
+            time=time.time(),
+        )
+
+    def _emit_particles(self, labels: np.ndarray, measured: np.ndarray) -> dict:
+        voxel_size = self.voxel_size or self.recon_voxel_size
+        if not voxel_size:
+            self.report_warning(f"{self.processor}: no voxel size known; particles skipped")
+            return {}
+        summary, box = measured_summary(
+            labels, measured, float(voxel_size), **self.instance_options
+        )
+        table = summary.pop("table")
+        if len(table):
+            centroids = np.array([list(c) for c in table["centroid_px"]], dtype=float)
+            for axis, name in enumerate(("z", "row", "col")):
+                table[name] = centroids[:, axis] + box[axis].start
+            table = table.drop(columns=["centroid_px"])
+        self.analysis.event("particles", particles_event(summary, table))
+        summary["table"] = table
+        return summary
+
+    def finalize(self) -> None:
+        analysis = self.analysis
+        if analysis is None:
+            return
+        reasons = list(self.errors[-3:])
+        if self.skipped:
+            reasons.append(f"{len(self.skipped)} volumes skipped")
+        failed = self._latest is None
+        analysis.close(exit_status="fail" if failed else "success", reason="; ".join(reasons))
+
+    # -- public -----------------------------------------------------------------------
+    @property
+    def latest(self) -> VolumeSegmentationSnapshot | None:
+        """The most recent volume segmentation, None before the first one."""
+        return self._latest
+
+
+def cylinder_mask(shape: tuple[int, ...], radius: float = 0.45) -> np.ndarray:
+    """Voxels of a ``(nz, ny, nx)`` volume inside the cylinder every projection saw.
+
+    The cylinder's axis is the rotation axis (through the slice centre, along z), its
+    radius ``radius * nx``.
+    """
+    nz, ny, nx = (int(n) for n in shape)
+    yy, xx = np.mgrid[:ny, :nx]
+    inside = (yy - ny / 2 + 0.5) ** 2 + (xx - nx / 2 + 0.5) ** 2 < (radius * nx) ** 2
+    return np.broadcast_to(inside, (nz, ny, nx))
+
+
+def _check_volume(volume: np.ndarray) -> str:
+    """Why a volume cannot be segmented ("" if it can)."""
+    if volume.ndim != 3:
+        return f"volume is not 3D (shape {volume.shape})"
+    if min(volume.shape) < 4:
+        return f"volume of shape {volume.shape} is too small"
+    bad = int(np.count_nonzero(~np.isfinite(volume)))
+    if bad:
+        return f"volume holds {bad} NaN or inf values"
+    return ""
+
+
+def measured_summary(
+    labels: np.ndarray, measured: np.ndarray, pixel_size: float, **instance_options: Any
+) -> tuple[dict, tuple[slice, ...]]:
+    """Particles and phase fractions of the measured part of a label map (2D or 3D).
+
+    Particles are split inside the bounding box of the measured pixels with unmeasured
+    pixels counted as pore (:func:`~synaps_agent.segment.characterize.crop_to_measured`);
+    phase fractions, porosity and solid fraction are over the measured pixels only.
+    ``instance_options`` go to
+    :func:`~synaps_agent.segment.characterize.particle_instances` (``min_size``,
+    ``h``, ``crack_closing_px``, ...).
+
+    Returns
+    -------
+    (dict, tuple of slice)
+        :func:`~synaps_agent.segment.characterize.sample_summary` of the box (with its
+        ``table``) and the box.
+    """
+    from synaps_agent.segment.characterize import (
+        crop_to_measured,
+        particle_instances,
+        sample_summary,
+    )
+
+    crop, inside, box = crop_to_measured(np.asarray(labels, dtype=np.int8), measured)
+    instances = particle_instances(crop, **instance_options)
+    summary = sample_summary(crop, instances, float(pixel_size), exclude_border=False)
+    counts = np.bincount(crop[inside].astype(np.intp), minlength=len(PHASE_NAMES))
+    fractions = counts[: len(PHASE_NAMES)] / max(int(inside.sum()), 1)
+    summary["phase_fractions"] = {
+        name: float(f) for name, f in zip(PHASE_NAMES, fractions, strict=True)
+    }
+    summary["porosity"] = float(fractions[0])
+    summary["solid_fraction"] = float(fractions[2] + fractions[3])
+    return summary, box
+
+
+def particles_event(summary: dict, table: Any) -> dict[str, Any]:
+    """The data of a ``particles`` event: sample figures and the table as JSON records."""
+    return {
+        "count": int(summary["count"]),
+        "median_diameter_m": float(summary["median_diameter_m"]),
+        "mean_diameter_m": float(summary["mean_diameter_m"]),
+        "porosity": float(summary["porosity"]),
+        "solid_fraction": float(summary["solid_fraction"]),
+        "cracked_fraction": float(summary["cracked_fraction"]),
+        **{f"fraction_{k}": float(v) for k, v in summary["phase_fractions"].items()},
+        "diameter_histogram": json.dumps(summary["diameter_histogram"]),
+        "pixel_size_m": float(summary["pixel_size_m"]),
+        "table": table.to_json(orient="records"),
+    }
 
 
 def normalize_reconstruction(

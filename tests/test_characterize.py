@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from synaps_agent.segment.characterize import (
+    crop_to_measured,
     particle_footprint,
     particle_instances,
     particle_table,
@@ -205,3 +206,27 @@ def test_bad_inputs_raise():
         particle_table(labels, np.zeros((8, 8), np.int32), 0.0)
     with pytest.raises(ValueError, match="bins"):
         sample_summary(labels, np.zeros((8, 8), np.int32), PIXEL, bins=0)
+
+
+def test_crop_to_measured_keeps_particles_out_of_unmeasured_pixels():
+    labels = np.zeros((40, 40), np.int8)
+    _paint_ball(labels, (20, 12), 6.0)
+    _paint_ball(labels, (20, 30), 6.0)
+    measured = np.zeros(labels.shape, bool)
+    measured[5:36, 2:25] = True  # the second disk is half outside
+    crop, inside, box = crop_to_measured(labels, measured)
+    assert box == (slice(5, 36), slice(2, 25))
+    assert crop.shape == inside.shape == (31, 23) and inside.all()
+    np.testing.assert_array_equal(crop, labels[box])
+    measured[20, 10] = False  # a hole in the first disk: pore in the crop
+    crop, inside, _ = crop_to_measured(labels, measured)
+    assert labels[20, 10] == 2 and not inside[15, 8] and crop[15, 8] == 0
+    # 3D: the box of a ball
+    volume = np.zeros((16, 16, 16), np.int8)
+    _paint_ball(volume, (8, 8, 8), 3.0)
+    crop, _, box = crop_to_measured(volume, volume > 0)
+    assert box == (slice(5, 12),) * 3 and (crop > 0).sum() == (volume > 0).sum()
+    with pytest.raises(ValueError, match="nothing was measured"):
+        crop_to_measured(labels, np.zeros(labels.shape, bool))
+    with pytest.raises(ValueError, match="measured shape"):
+        crop_to_measured(labels, np.ones((40, 41), bool))

@@ -25,7 +25,13 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage as ndi
 
-__all__ = ["particle_footprint", "particle_instances", "particle_table", "sample_summary"]
+__all__ = [
+    "crop_to_measured",
+    "particle_footprint",
+    "particle_instances",
+    "particle_table",
+    "sample_summary",
+]
 
 PORE, CARBON_BINDER, ACTIVE, SECONDARY = 0, 1, 2, 3
 _NUM_PHASES = 4
@@ -76,6 +82,51 @@ def _equivalent_diameter(size_px: NDArray | float, ndim: int) -> NDArray | float
     if ndim == 2:
         return 2.0 * np.sqrt(np.asarray(size_px, float) / math.pi)
     return np.cbrt(6.0 * np.asarray(size_px, float) / math.pi)
+
+
+# --------------------------------------------------------------------------- measured part
+
+
+def crop_to_measured(
+    labels: ArrayLike, measured: ArrayLike
+) -> tuple[NDArray[np.int8], NDArray[np.bool_], tuple[slice, ...]]:
+    """The bounding box of the measured pixels, unmeasured pixels set to pore.
+
+    What a partially measured image (or volume) can be characterized on: particles are
+    split and measured inside the box only, and unmeasured pixels count as pore so no
+    particle extends into them.
+
+    Parameters
+    ----------
+    labels : array_like of int, 2D or 3D
+        Phase labels 0..3.
+    measured : array_like of bool
+        Pixels with data (e.g. coverage above a threshold), same shape.
+
+    Returns
+    -------
+    (ndarray of int8, ndarray of bool, tuple of slice)
+        The cropped labels, the measured mask inside the box and the box (slices of the
+        input). Raises ``ValueError`` if nothing was measured.
+    """
+    lab = _check_labels(labels)
+    mask = np.asarray(measured)
+    if mask.shape != lab.shape:
+        raise ValueError(f"measured shape {mask.shape} does not match labels shape {lab.shape}")
+    mask = mask.astype(bool)
+    if not mask.any():
+        raise ValueError("nothing was measured (the measured mask is empty)")
+    box = tuple(
+        slice(int(idx[0]), int(idx[-1]) + 1)
+        for idx in (
+            np.flatnonzero(mask.any(axis=tuple(a for a in range(lab.ndim) if a != axis)))
+            for axis in range(lab.ndim)
+        )
+    )
+    crop = lab[box].copy()
+    inside = mask[box]
+    crop[~inside] = PORE
+    return crop, inside, box
 
 
 # --------------------------------------------------------------------------- instances

@@ -358,7 +358,7 @@ def train(
     data: dict[str, np.ndarray],
     out: str | Path,
     *,
-    steps: int = 900,
+    steps: int = 2000,
     batch_size: int = 8,
     crop: int = 64,
     lr: float = 3e-3,
@@ -475,10 +475,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--epochs",
         type=int,
         default=None,
-        help="training length in passes over the training images (default: 900 steps of 8 crops)",
+        help="training length in passes over the training images (default: 2000 steps of 8 crops)",
     )
     ap.add_argument(
-        "--steps", type=int, default=None, help="training steps (overrides --epochs; default 900)"
+        "--steps",
+        type=int,
+        default=None,
+        help="training steps (overrides --epochs; default 2000, as for the shipped weights)",
     )
     ap.add_argument("--batch-size", type=int, default=8, help="64 x 64 crops per step")
     ap.add_argument(
@@ -539,7 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             per_epoch = n_train * (data["image"].shape[-1] // 64) ** 2
             steps = max(1, math.ceil(args.epochs * per_epoch / bs))
         else:
-            steps = 900
+            steps = 2000
         meta = train(
             data,
             args.out,
