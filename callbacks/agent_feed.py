@@ -68,7 +68,8 @@ class AgentFeed:
     Parameters
     ----------
     agent : ImagingAgent
-        Has ``update_prior``, ``tell``, ``ask``, ``should_stop``, ``report``.
+        Has ``update_prior``, ``tell``, ``ask``, ``record_measured``, ``record_failure``,
+        ``should_stop``, ``report``.
     uncertainty : callable
         Returns the latest ``(map, extent)`` or ``None`` (e.g.
         ``LiveSegmentation.uncertainty_for_agent``).
@@ -205,6 +206,7 @@ class AgentFeed:
     def measured(self, point) -> None:
         """Record that ``point`` was just measured; its gain is told after the next map."""
         point = np.asarray(point, dtype=float).ravel()
+        self.agent.record_measured(point)  # not proposed again while its gain is pending
         before = 1.0
         if self._current is not None:
             before = footprint_mean(*self._current, tuple(point[:2]), self.footprint_radius)

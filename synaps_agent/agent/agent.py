@@ -226,7 +226,7 @@ class ImagingAgent:
             dt = travel + self.config.exposure_time
         prior = self._pop_pending(p)
         self.surrogate.add(p, np.array([gain]), prior)
-        self.gate.record_measured(p)
+        self.record_measured(p)
         self.position = p[0].copy()
         self.elapsed_time += dt
         return {"point": self.space.to_dicts(p)[0], "gain": gain, "time": dt,
@@ -252,6 +252,17 @@ class ImagingAgent:
                 self.pending_X, self.pending_P = self.pending_X[keep], self.pending_P[keep]
                 return snap
         return self.surrogate.prior_values(p)
+
+    def record_measured(self, point: Any) -> None:
+        """``point`` was measured (its gain may be told later): never propose it again.
+
+        Without this, a batch asked before the last one's gains arrive would repeat the
+        points the gains are still pending for.
+        """
+        p = self.space.to_array(point)
+        new = ~self.gate.measured.near(p)
+        if new.any():
+            self.gate.record_measured(p[new])
 
     # -- failures / stopping -----------------------------------------------------------------
     def record_failure(self, point: Any, reason: str) -> None:
