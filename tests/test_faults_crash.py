@@ -2,75 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
 import sys
-import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from synaps_agent.catalog import open_catalog
 
-CHILD = textwrap.dedent(
-    """
-    import json, sys
-    from bluesky import RunEngine
-    from synaps_agent.catalog import open_catalog
-    from synaps_agent.plans.scans import raster_ptycho_scan
-    from synaps_agent.sim_devices.beamline import make_sim_beamline
-    from synaps_agent.sim_devices.phantoms import make_phantom
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-    catalog = open_catalog(sys.argv[1])
-    bl = make_sim_beamline(
-        make_phantom("P-dense", seed=1, size=96), catalog.frames_directory, seed=3,
-        photons_per_frame=1e5, frame_size=32, probe_fwhm_px=10, time_scale=float(sys.argv[2]),
-    )
-    RE = RunEngine({}, call_returns_result=False)
-    RE.subscribe(catalog.writer(buffered=True))  # first: a document is logged, then shown
-
-    def show(name, doc):
-        print(json.dumps({"name": name, "doc": doc}, default=float), flush=True)
-
-    RE.subscribe(show)
-    RE(raster_ptycho_scan([bl.ptycho_det, bl.i0], bl.stage.x, bl.stage.y,
-                          -0.4, 0.4, -0.3, 0.3, 0.2, shutter=bl.shutter))
-    print("SCAN DONE", flush=True)
-    """
-)
-
-
-def run_and_kill(directory, script, kill_after_events, time_scale=1.0):
-    """Run the scan in a child process; SIGKILL it once it has emitted that many events.
-
-    Returns the documents the child reported before it died.
-    """
-    child = subprocess.Popen(
-        [sys.executable, str(script), str(directory), str(time_scale)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    documents = []
-    try:
-        for line in child.stdout:
-            if not line.startswith("{"):
-                continue
-            entry = json.loads(line)
-            documents.append((entry["name"], entry["doc"]))
-            if sum(name == "event" for name, _ in documents) >= kill_after_events:
-                child.send_signal(signal.SIGKILL)
-                break
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait(timeout=30)
-        child.stdout.close()
-    assert child.returncode == -signal.SIGKILL, "the child was not killed mid-scan"
-    return documents
+from benchmarks.reliability import documents_lost, run_and_kill  # noqa: E402
 
 
 def stored_events(catalog, uid):
@@ -83,20 +27,21 @@ def stored_events(catalog, uid):
 
 @pytest.mark.slow
 def test_documents_emitted_before_sigkill_are_recovered(tmp_path):
-    script = tmp_path / "scan.py"
-    script.write_text(CHILD)
     directory = tmp_path / "catalog"
-    emitted = run_and_kill(directory, script, kill_after_events=8)
+    # a 3 x 3 raster in a child process (moves take wall time), killed after 5 events
+    emitted = run_and_kill(directory, kill_after_events=5, time_scale=2.0)
     events = [doc for name, doc in emitted if name == "event"]
     (start,) = [doc for name, doc in emitted if name == "start"]
-    assert len(events) == 8 and not any(name == "stop" for name, _ in emitted)
+    assert len(events) == 5 and not any(name == "stop" for name, _ in emitted)
     with open_catalog(directory) as catalog:
         # the batching writer had not stored the events when the process died
         assert stored_events(catalog, start["uid"]) < len(events)
+        assert documents_lost(catalog, emitted) > 0
         report = catalog.recover()
         assert [r["uid"] for r in report] == [start["uid"]]
         assert report[0]["action"] == "rewritten" and report[0]["closed"]
         assert report[0]["documents"] >= len(emitted)
+        assert documents_lost(catalog, emitted) == 0
         run = catalog.raw[start["uid"]]
         assert run.start["uid"] == start["uid"]
         assert run.stop["exit_status"] == "fail" and "write-ahead log" in run.stop["reason"]
