@@ -1,0 +1,687 @@
+"""Analysis on another machine: documents out over 0MQ, the agent's suggestions back.
+
+The RunEngine at the beamline publishes its documents with bluesky's
+:class:`~bluesky.callbacks.zmq.Publisher` (JSON, never pickle) to a 0MQ
+:class:`~bluesky.callbacks.zmq.Proxy`; on the analysis node (a GPU machine) an
+:class:`AnalysisServer` subscribes the live callbacks -- :class:`PtychoReconstruction`
+feeding :class:`LiveSegmentation` -- to a :class:`~bluesky.callbacks.zmq.RemoteDispatcher`
+and runs the agent. Frames travel as files: StreamResource/StreamDatum documents name the
+HDF5 files, which the analysis node reads from the shared filesystem, as at a facility.
+
+The plan gets the agent's suggestions back through a :class:`RemoteAgentFeed`, which has
+the interface of :class:`~synaps_agent.callbacks.agent_feed.AgentFeed` (so
+:func:`~synaps_agent.plans.adaptive.adaptive_ptycho_scan` runs unchanged) and talks to the
+server over a 0MQ REQ/REP socket with a timeout. If the analysis side does not answer,
+the feed raises :class:`AnalysisUnavailableError` naming the address and the timeout --
+or, given ``fallback=`` a planned pattern, finishes the scan on that pattern and says so
+in the run's stop reason.
+
+Every socket binds 127.0.0.1 unless told otherwise; messages are JSON (arrays as lists).
+
+Example (three processes; see ``docs/remote.md``)::
+
+    # anywhere:           proxy = DocumentProxy(in_port=5577, out_port=5578).start()
+    # analysis node:      python -m synaps_agent.remote --proxy tcp://HOST:5578 --reply-port 5580
+    # beamline (profile): RE.subscribe(connect_publisher("tcp://HOST:5577", "tcp://HOST:5578"))
+    #                     feed = RemoteAgentFeed("tcp://GPU:5580", agent, footprint_radius=0.1)
+    #                     RE(adaptive_ptycho_scan([det], x, y, feed, seeds))
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import zmq
+from bluesky.callbacks.zmq import Proxy, Publisher, RemoteDispatcher
+from bluesky.run_engine import Dispatcher
+
+from .agent import AgentConfig, ImagingAgent, ScanSpace, StoppingRule
+from .callbacks.agent_feed import AgentFeed
+from .callbacks.analysis import DocumentSink, Subscriber
+from .callbacks.ptycho import PtychoReconstruction
+from .callbacks.segmentation import LiveSegmentation, normalize_reconstruction
+from .recon.ptycho import PtychoConfig
+
+__all__ = [
+    "PREFIX",
+    "AnalysisServer",
+    "AnalysisUnavailableError",
+    "DocumentProxy",
+    "RemoteAgentFeed",
+    "RemoteAnalysisError",
+    "agent_from_spec",
+    "agent_spec",
+    "connect_publisher",
+    "json_deserializer",
+    "json_serializer",
+    "serve_analysis",
+]
+
+logger = logging.getLogger("synaps_agent.remote")
+
+LOOPBACK = "127.0.0.1"
+PREFIX = b"synaps"  # the documents' 0MQ prefix; other publishers on the proxy are ignored
+_PROBE_PREFIX = b"synaps-probe"
+_OPERATIONS = ("ping", "open", "measured", "failed", "ask", "should_stop", "close")
+
+
+# -- JSON on the wire ------------------------------------------------------------------------
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def json_serializer(doc: Any) -> bytes:
+    """JSON bytes of ``doc`` (numpy arrays and scalars become lists and numbers)."""
+    return json.dumps(doc, default=_plain, allow_nan=True).encode()
+
+
+def _tcp(host: str, port: int) -> str:
+    return f"tcp://{host}:{int(port)}"
+
+
+# -- documents out: proxy and publisher ------------------------------------------------------
+class DocumentProxy:
+    """bluesky's 0MQ :class:`~bluesky.callbacks.zmq.Proxy` on a background thread.
+
+    Parameters
+    ----------
+    host : str
+        Interface both sides bind (loopback by default; a facility names its network).
+    in_port, out_port : int
+        Where publishers send and dispatchers subscribe; 0 picks free ports.
+    """
+
+    def __init__(self, host: str = LOOPBACK, in_port: int = 0, out_port: int = 0) -> None:
+        self._proxy = Proxy(
+            host if not in_port else f"{host}:{in_port}",
+            host if not out_port else f"{host}:{out_port}",
+        )
+        self.in_address: str = str(self._proxy.in_port)
+        self.out_address: str = str(self._proxy.out_port)
+        self._thread: threading.Thread | None = None
+        self._control: zmq.Socket | None = None
+
+    def start(self) -> DocumentProxy:
+        """Forward messages on a daemon thread until :meth:`stop`; returns ``self``.
+
+        The forwarder is 0MQ's steerable proxy between the sockets bluesky's ``Proxy``
+        bound, so that :meth:`stop` can end it cleanly with a TERMINATE command.
+        """
+        context = self._proxy._context
+        endpoint = f"inproc://synaps-proxy-control-{id(self)}"
+        self._control = context.socket(zmq.PAIR)
+        self._control.bind(endpoint)
+        peer = context.socket(zmq.PAIR)
+        peer.connect(endpoint)
+        self._thread = threading.Thread(
+            target=self._run, args=(peer,), name="synaps-0mq-proxy", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def _run(self, control: zmq.Socket) -> None:
+        proxy = self._proxy
+        try:
+            zmq.proxy_steerable(proxy._frontend, proxy._backend, None, control)
+        finally:
+            proxy.closed = True
+            for sock in (control, proxy._frontend, proxy._backend):
+                sock.close(linger=0)
+            proxy._context.term()  # waits for stop() to close its end of the control pair
+
+    def stop(self) -> None:
+        """End the forwarder, close every socket and the context."""
+        if self._thread is not None:
+            self._control.send(b"TERMINATE")
+            self._control.close()
+            self._thread.join(10)
+        elif not self._proxy.closed:  # never started
+            self._proxy.closed = True
+            self._proxy._frontend.close(linger=0)
+            self._proxy._backend.close(linger=0)
+            self._proxy._context.term()
+        self._thread = None
+
+    def __enter__(self) -> DocumentProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"DocumentProxy(in={self.in_address}, out={self.out_address})"
+
+
+def connect_publisher(
+    proxy_in: str, proxy_out: str, *, prefix: bytes = PREFIX, timeout: float = 10.0
+) -> Publisher:
+    """A JSON :class:`~bluesky.callbacks.zmq.Publisher` whose messages reach the proxy.
+
+    0MQ drops what a publisher sends before the proxy's subscription reaches it (the
+    "slow joiner"), which would lose a scan's start document. This sends probe messages
+    (prefix ``synaps-probe``, ignored by dispatchers with another prefix) until one
+    comes out of ``proxy_out``.
+
+    Parameters
+    ----------
+    proxy_in, proxy_out : str
+        The proxy's input and output addresses (``tcp://host:port``).
+    prefix : bytes
+        Prefix of the documents (the analysis server subscribes to it).
+    timeout : float
+        Seconds to wait for the proxy.
+
+    Returns
+    -------
+    Publisher
+        Subscribe it to the RunEngine: ``RE.subscribe(publisher)``.
+
+    Raises
+    ------
+    AnalysisUnavailableError
+        If no probe came through within ``timeout``.
+    """
+    publisher = Publisher(proxy_in, prefix=prefix, serializer=json_serializer)
+    context = zmq.Context.instance()
+    probe = context.socket(zmq.SUB)
+    probe.setsockopt(zmq.LINGER, 0)
+    probe.setsockopt(zmq.SUBSCRIBE, _PROBE_PREFIX + b" ")
+    probe.connect(proxy_out)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            # an undecodable body: dispatchers without a prefix drop it (non-strict)
+            publisher._socket.send(_PROBE_PREFIX + b" probe \x00")
+            if probe.poll(50):
+                probe.recv()
+                return publisher
+    finally:
+        probe.close()
+    publisher.close()
+    raise AnalysisUnavailableError(
+        f"no message came through the 0MQ proxy {proxy_in} -> {proxy_out} within {timeout} s "
+        "(is the proxy running?)"
+    )
+
+
+# -- the agent's settings as JSON -----------------------------------------------------------
+def agent_spec(agent: ImagingAgent) -> dict:
+    """The JSON description the analysis side builds the same agent from."""
+    return {
+        "space": agent.space.to_dict(),
+        "config": asdict(agent.config),
+        "stopping": agent.stopping.to_dict(),
+        "seed": agent.seed,
+        "strategy": agent.strategy,
+    }
+
+
+def agent_from_spec(spec: Mapping[str, Any]) -> ImagingAgent:
+    """A fresh :class:`ImagingAgent` from :func:`agent_spec` output (``ValueError`` if bad)."""
+    try:
+        strategy = spec.get("strategy", ImagingAgent.strategy)
+        if strategy != ImagingAgent.strategy:
+            from .agent import make_strategy
+
+            build: Callable[..., ImagingAgent] = lambda *a, **k: make_strategy(strategy, *a, **k)  # noqa: E731
+        else:
+            build = ImagingAgent
+        return build(
+            ScanSpace.from_dict(spec["space"]),
+            AgentConfig.from_dict(spec["config"]),
+            stopping=StoppingRule.from_dict(spec["stopping"]),
+            seed=int(spec["seed"]),
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"bad agent specification: {type(exc).__name__}: {exc}") from None
+
+
+# -- the analysis side ----------------------------------------------------------------------
+class AnalysisServer:
+    """The analysis node: live reconstruction, segmentation and the agent.
+
+    Documents arrive through a :class:`~bluesky.callbacks.zmq.RemoteDispatcher`
+    subscribed to the proxy's output; the agent answers a :class:`RemoteAgentFeed` on a
+    REP socket. Derived documents (reconstructions, segmentations, decisions) go to
+    ``sink`` (e.g. ``catalog.writer("processed")`` or a Tiled writer).
+
+    Parameters
+    ----------
+    proxy_out : str or Dispatcher
+        The 0MQ proxy's output address (``tcp://host:port``), or a ready document
+        dispatcher with ``subscribe``/``start``/``stop`` (e.g. ``bluesky_kafka``'s
+        ``RemoteDispatcher``, see ``docs/remote.md``).
+    segmenter : Segmenter
+        Has ``segment(image, coverage)``.
+    reply_host, reply_port : str, int
+        Where the agent's REP socket binds (loopback, a free port by default).
+    sink : callable, optional
+        Receives the derived documents.
+    prefix : bytes
+        Only documents published with this prefix are analysed.
+    ptycho_config : PtychoConfig, optional
+    snapshot_interval, final_epochs, min_interval : float, int, float
+        As in :class:`PtychoReconstruction` / :class:`LiveSegmentation`.
+    """
+
+    def __init__(
+        self,
+        proxy_out: str | Dispatcher,
+        *,
+        segmenter,
+        reply_host: str = LOOPBACK,
+        reply_port: int = 0,
+        sink: Subscriber | None = None,
+        prefix: bytes = PREFIX,
+        ptycho_config: PtychoConfig | None = None,
+        snapshot_interval: float = 1.0,
+        final_epochs: int = 30,
+        min_interval: float = 0.5,
+    ) -> None:
+        self.proxy_out = proxy_out
+        self.sink = DocumentSink(*([sink] if sink is not None else []))
+        self.segmentation = LiveSegmentation(
+            self.sink,
+            segmenter=segmenter,
+            min_interval=min_interval,
+            preprocess=normalize_reconstruction,
+        )
+        self.reconstruction = PtychoReconstruction(
+            DocumentSink(self.sink, self.segmentation),
+            config=ptycho_config or PtychoConfig(),
+            snapshot_interval=snapshot_interval,
+            final_epochs=final_epochs,
+        )
+        self.feed: AgentFeed | None = None
+        self.received: list[tuple[str, dict]] = []  # every document, as it arrived
+        if isinstance(proxy_out, str):
+            self.dispatcher: Dispatcher = RemoteDispatcher(
+                proxy_out, prefix=prefix, deserializer=json_deserializer
+            )
+        else:
+            self.dispatcher = proxy_out
+        self.dispatcher.subscribe(lambda name, doc: self.received.append((name, doc)))
+        self.dispatcher.subscribe(self.reconstruction)
+        self._context = zmq.Context()
+        self._reply = self._context.socket(zmq.REP)
+        self._reply.setsockopt(zmq.LINGER, 0)
+        if reply_port:
+            self._reply.bind(_tcp(reply_host, reply_port))
+            port = reply_port
+        else:
+            port = self._reply.bind_to_random_port(f"tcp://{reply_host}")
+        self.reply_address = _tcp(reply_host, port)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- life cycle
+    def start(self) -> AnalysisServer:
+        """Start the dispatcher and the reply threads; returns ``self``."""
+        self._threads = [
+            threading.Thread(target=self._dispatch, name="synaps-remote-dispatch", daemon=True),
+            threading.Thread(target=self._serve, name="synaps-remote-agent", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        logger.info(
+            "analysis server: documents from %s, agent at %s", self.proxy_out, self.reply_address
+        )
+        return self
+
+    def stop(self) -> None:
+        """Stop both threads, close every socket and the callbacks' workers."""
+        if self._stop.is_set():
+            return  # stopped already
+        self._stop.set()
+        if isinstance(self.dispatcher, RemoteDispatcher):  # cancel its polling task
+            loop = self.dispatcher.loop
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(lambda: [t.cancel() for t in asyncio.all_tasks(loop)])
+        else:
+            self.dispatcher.stop()
+        for thread in self._threads:
+            thread.join(30)
+        self._threads = []
+        if not self._reply.closed:
+            self._reply.close()
+        self._context.term()
+        self.reconstruction.stop_worker(timeout=30)
+        self.segmentation.stop_worker(timeout=30)
+
+    def __enter__(self) -> AnalysisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the reconstruction and segmentation have finished the run."""
+        return self.reconstruction.wait(timeout) and self.segmentation.wait(timeout)
+
+    def _dispatch(self) -> None:
+        try:
+            self.dispatcher.start()
+        except asyncio.CancelledError:
+            pass  # stop() cancelled the polling task
+        except Exception:
+            if not self._stop.is_set():
+                raise
+            # another dispatcher whose stop() closed its consumer under the poll
+
+    def _serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._reply, zmq.POLLIN)
+        while not self._stop.is_set():
+            if not poller.poll(100):
+                continue
+            try:
+                request = json.loads(self._reply.recv())
+                reply = {"ok": True, **self.handle(request)}
+            except Exception as exc:  # noqa: BLE001 - every request gets an answer
+                logger.exception("agent request failed")
+                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            self._reply.send(json_serializer(reply))
+        self._reply.close()
+
+    # -- the agent's requests
+    def handle(self, request: Mapping[str, Any]) -> dict:
+        """Answer one request of a :class:`RemoteAgentFeed` (a JSON object with ``op``)."""
+        if not isinstance(request, Mapping) or not isinstance(request.get("op"), str):
+            raise ValueError(f"a request is a JSON object with an 'op' string, got {request!r}")
+        op = request["op"]
+        if op not in _OPERATIONS:
+            raise ValueError(f"unknown request {op!r} (known: {', '.join(_OPERATIONS)})")
+        if op == "ping":
+            return {"documents": len(self.received)}
+        if op == "open":
+            agent = agent_from_spec(request["agent"])
+            self.feed = AgentFeed(
+                agent,
+                self.segmentation.uncertainty_for_agent,
+                footprint_radius=float(request["footprint_radius"]),
+                sink=self.sink,
+            )
+            self.feed.open(str(request["raw_uid"]), request.get("parameters") or {})
+            return {}
+        feed = self.feed
+        if feed is None:
+            raise RuntimeError(f"{op!r} before 'open': no agent for this scan yet")
+        if op == "measured":
+            feed.measured(_point(request))
+            return {}
+        if op == "failed":
+            feed.failed(_point(request), str(request.get("reason", "")))
+            return {}
+        if op == "ask":
+            batch_size = request.get("batch_size")
+            if not isinstance(batch_size, int) or batch_size < 1:
+                raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+            return {"points": feed.ask(batch_size).tolist()}
+        if op == "should_stop":
+            stop, reason = feed.should_stop()
+            return {"stop": bool(stop), "reason": str(reason)}
+        feed.close(str(request.get("reason", "")))
+        return {"told": feed.told, "decisions": feed.decisions}  # close
+
+
+def json_deserializer(data: bytes) -> dict:
+    """A published document from JSON ``data`` (never unpickles; a non-object is refused)."""
+    doc = json.loads(data)
+    if not isinstance(doc, dict):
+        raise ValueError(f"a document is a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def _point(request: Mapping[str, Any]) -> np.ndarray:
+    point = np.asarray(request.get("point"), dtype=float).ravel()
+    if point.size < 2 or not np.all(np.isfinite(point)):
+        raise ValueError(f"point must be finite coordinates, got {request.get('point')!r}")
+    return point
+
+
+def serve_analysis(
+    proxy_out: str | Dispatcher,
+    *,
+    reply_host: str = LOOPBACK,
+    reply_port: int = 0,
+    segmenter=None,
+    sink: Subscriber | None = None,
+    **options: Any,
+) -> AnalysisServer:
+    """Build and start the analysis node (the segmenter defaults to the shipped U-Net).
+
+    Returns the running :class:`AnalysisServer`; ``server.reply_address`` is what the
+    beamline's :class:`RemoteAgentFeed` connects to. Stop it with ``server.stop()``.
+    """
+    if segmenter is None:
+        from .experiment import default_segmenter
+
+        segmenter = default_segmenter()
+    server = AnalysisServer(
+        proxy_out,
+        segmenter=segmenter,
+        reply_host=reply_host,
+        reply_port=reply_port,
+        sink=sink,
+        **options,
+    )
+    return server.start()
+
+
+# -- the beamline side: suggestions back ---------------------------------------------------
+class RemoteAnalysisError(RuntimeError):
+    """The analysis side answered with an error (its message is included)."""
+
+
+class AnalysisUnavailableError(TimeoutError):
+    """The analysis side did not answer in time (the message names address and timeout)."""
+
+
+class RemoteAgentFeed:
+    """An :class:`~synaps_agent.callbacks.agent_feed.AgentFeed` running on the analysis node.
+
+    Same interface (``region``, ``open``, ``measured``, ``failed``, ``ask``,
+    ``should_stop``, ``close``), so :func:`~synaps_agent.plans.adaptive.adaptive_ptycho_scan`
+    uses it unchanged. Each call is one JSON request on a REQ socket.
+
+    Parameters
+    ----------
+    address : str
+        The server's reply address (``AnalysisServer.reply_address``).
+    agent : ImagingAgent or dict
+        The agent to run there (its space, settings, stopping rule and seed are sent; see
+        :func:`agent_spec`).
+    footprint_radius : float
+        As in :class:`AgentFeed`.
+    timeout : float
+        Seconds to wait for each answer.
+    fallback : (n, 2) sequence, optional
+        A planned pattern. If the analysis side stops answering, the scan continues on
+        the pattern's points not yet measured (within the plan's budget) and the stop
+        reason says so; without it, :class:`AnalysisUnavailableError` ends the scan.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        agent: ImagingAgent | Mapping[str, Any],
+        *,
+        footprint_radius: float,
+        timeout: float = 10.0,
+        fallback: Sequence[Sequence[float]] | np.ndarray | None = None,
+    ) -> None:
+        if not footprint_radius > 0:
+            raise ValueError(f"footprint_radius must be positive, got {footprint_radius}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        self.address = address
+        self.spec = agent_spec(agent) if isinstance(agent, ImagingAgent) else dict(agent)
+        self.space = ScanSpace.from_dict(self.spec["space"])
+        self.footprint_radius = float(footprint_radius)
+        self.timeout = float(timeout)
+        self.fallback: np.ndarray | None = None
+        if fallback is not None:
+            pattern = np.asarray(fallback, dtype=float)
+            if pattern.ndim != 2 or pattern.shape[1] < 2 or len(pattern) == 0:
+                raise ValueError(f"fallback must be an (n, 2) pattern, got shape {pattern.shape}")
+            if not np.all(np.isfinite(pattern)):
+                raise ValueError("fallback pattern has non-finite coordinates")
+            self.fallback = pattern[:, :2]
+        self.fell_back: str | None = None  # why the scan left the agent, once it did
+        self.decisions = 0
+        self._measured: list[np.ndarray] = []
+        self._failed = 0
+        self._budget: int | None = None
+        self._context = zmq.Context()
+        self._socket: zmq.Socket | None = None
+
+    @property
+    def region(self) -> tuple[tuple[float, float], tuple[float, float]] | None:
+        """``((xmin, xmax), (ymin, ymax))`` of the agent's space, if it is 2D."""
+        index = self.space.spatial_index
+        if len(index) < 2:
+            return None
+        x, y = (self.space.axes[i] for i in index[:2])
+        return (float(x.low), float(x.high)), (float(y.low), float(y.high))
+
+    # -- the wire
+    def _request(self, op: str, **fields: Any) -> dict | None:
+        """One request; None once fallen back. Raises if the answer is late (no fallback)."""
+        if self.fell_back is not None:
+            return None
+        if self._socket is None:
+            self._socket = self._context.socket(zmq.REQ)
+            self._socket.setsockopt(zmq.LINGER, 0)
+            self._socket.connect(self.address)
+        self._socket.send(json_serializer({"op": op, **fields}))
+        if not self._socket.poll(int(self.timeout * 1000)):
+            self._socket.close()  # a REQ socket without its reply cannot be reused
+            self._socket = None
+            message = (
+                f"the analysis side at {self.address} did not answer {op!r} within "
+                f"{self.timeout:g} s"
+            )
+            if self.fallback is None:
+                self.fell_back = message  # later calls (close) do not wait again
+                raise AnalysisUnavailableError(message)
+            self.fell_back = f"{message}; fell back to the planned pattern"
+            logger.warning(self.fell_back)
+            return None
+        reply = json.loads(self._socket.recv())
+        if not reply.get("ok"):
+            raise RemoteAnalysisError(f"the analysis side at {self.address}: {reply.get('error')}")
+        return reply
+
+    def close_socket(self) -> None:
+        """Close the socket and its context (the feed cannot be used afterwards)."""
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        self._context.term()
+
+    # -- the plan's calls
+    def open(self, raw_uid: str, parameters: dict | None = None) -> None:
+        """Build the agent on the analysis side and start its decisions' run."""
+        parameters = dict(parameters or {})
+        self._budget = parameters.get("max_exposures")
+        self._request(
+            "open",
+            raw_uid=raw_uid,
+            parameters=parameters,
+            agent=self.spec,
+            footprint_radius=self.footprint_radius,
+        )
+
+    def measured(self, point) -> None:
+        """Record that ``point`` was just measured."""
+        point = np.asarray(point, dtype=float).ravel()
+        self._measured.append(point)
+        self._request("measured", point=point)
+
+    def failed(self, point, reason: str) -> None:
+        """A move or exposure at ``point`` failed: it is not proposed again."""
+        self._failed += 1
+        self._request("failed", point=np.asarray(point, dtype=float).ravel(), reason=reason)
+
+    def ask(self, batch_size: int) -> np.ndarray:
+        """The next points: the agent's, or the fallback pattern's once fallen back."""
+        reply = self._request("ask", batch_size=int(batch_size))
+        self.decisions += 1
+        if reply is not None:
+            return np.asarray(reply["points"], dtype=float).reshape(-1, self.space.ndim)
+        return self._remaining_pattern()[:batch_size]
+
+    def should_stop(self) -> tuple[bool, str]:
+        """The agent's stopping rule; after a fallback, the end of the pattern or budget."""
+        reply = self._request("should_stop")
+        if reply is not None:
+            return bool(reply["stop"]), str(reply["reason"])
+        if len(self._remaining_pattern()) == 0:
+            return True, f"{self.fell_back}; the planned pattern is complete"
+        if self._budget is not None and len(self._measured) + self._failed >= self._budget:
+            return True, f"{self.fell_back}; exposure budget of the plan reached"
+        return False, ""
+
+    def close(self, reason: str) -> None:
+        """Close the decisions' run on the analysis side (if it is still there)."""
+        self._request("close", reason=reason)
+
+    def _remaining_pattern(self) -> np.ndarray:
+        assert self.fallback is not None
+        if not self._measured:
+            return self.fallback
+        measured = np.asarray(self._measured)[:, :2]
+        distance = np.hypot(*(self.fallback[:, None, :] - measured[None, :, :]).transpose(2, 0, 1))
+        return self.fallback[distance.min(axis=1) > 1e-6]
+
+
+# -- command line ---------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m synaps_agent.remote``: run the analysis node until Ctrl-C."""
+    parser = argparse.ArgumentParser(
+        prog="synaps-analysis",
+        description="Run reconstruction, segmentation and the agent for a remote RunEngine.",
+    )
+    parser.add_argument("--proxy", required=True, help="0MQ proxy output, e.g. tcp://host:5578")
+    parser.add_argument("--reply-host", default=LOOPBACK, help="interface of the agent socket")
+    parser.add_argument("--reply-port", type=int, default=5580, help="port of the agent socket")
+    parser.add_argument("--catalog", default=None, help="embedded catalog folder for products")
+    args = parser.parse_args(argv)
+    catalog = None
+    sink = None
+    if args.catalog:
+        from .catalog import open_catalog
+
+        catalog = open_catalog(args.catalog)
+        sink = catalog.writer("processed")
+    server = serve_analysis(
+        args.proxy, reply_host=args.reply_host, reply_port=args.reply_port, sink=sink
+    )
+    print(f"analysis node: documents from {args.proxy}; agent at {server.reply_address}")
+    sys.stdout.flush()
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        if catalog is not None:
+            catalog.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
