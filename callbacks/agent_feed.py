@@ -25,7 +25,7 @@ import numpy as np
 
 from .analysis import AnalysisRun, Subscriber
 
-__all__ = ["AgentFeed", "footprint_mean"]
+__all__ = ["AgentFeed", "footprint_mean", "view_uncertainty"]
 
 logger = logging.getLogger("synaps_agent.callbacks")
 
@@ -54,10 +54,29 @@ def footprint_mean(
     return float(uncertainty[inside].mean())
 
 
+def view_uncertainty(uncertainty: np.ndarray, angles_deg: np.ndarray) -> np.ndarray:
+    """How much uncertainty the rays of each view cross: the forward projection of the
+    uncertainty map (a slice of the sample, rows along y, columns along x, in the
+    reconstruction's frame) at each angle, as the root mean square over detector pixels of
+    the mean uncertainty along a ray.
+
+    Every view's rays cross the whole slice, so the *sum* of a projection is the same at
+    every angle; its root mean square is highest for the views whose rays run along the
+    uncertain structures (and so resolve them best). A map of ones gives about 1.
+    """
+    from synaps_agent.recon.tomo import forward_project
+
+    umap = np.asarray(uncertainty, dtype=np.float32)
+    if umap.ndim != 2 or not np.all(np.isfinite(umap)):
+        raise ValueError(f"the uncertainty map must be a finite 2D array, got {umap.shape}")
+    rays = forward_project(umap[None], np.asarray(angles_deg, dtype=float))[:, 0, :]
+    return np.sqrt(np.mean((rays / umap.shape[0]) ** 2, axis=1)).astype(float)
+
+
 @dataclass
 class _Pending:
     point: np.ndarray
-    before: float
+    before: float | None
     version: int
     time: float
 
@@ -73,9 +92,12 @@ class AgentFeed:
     uncertainty : callable
         Returns the latest ``(map, extent)`` or ``None`` (e.g.
         ``LiveSegmentation.uncertainty_for_agent``).
-    footprint_radius : float
+    footprint_radius : float, optional
         Radius (stage units) over which a measurement is credited with reducing
-        uncertainty (about the probe's half width at half maximum... its FWHM).
+        uncertainty (about half the probe's FWHM); needed when the agent moves in x, y.
+        A rotation-only agent (tomography) is credited with the uncertainty along its
+        view's rays instead (:func:`view_uncertainty`), and gets their forward projection
+        over all angles as its prior; the map is then a slice of the sample.
     sink : callable, optional
         Receives the decision documents (an analysis run linked to the raw run).
     state_path : path, optional
@@ -89,25 +111,33 @@ class AgentFeed:
         agent,
         uncertainty: UncertaintySource,
         *,
-        footprint_radius: float,
+        footprint_radius: float | None = None,
         sink: Subscriber | None = None,
         state_path: str | Path | None = None,
     ) -> None:
-        if not footprint_radius > 0:
-            raise ValueError(f"footprint_radius must be positive, got {footprint_radius}")
+        if agent.space.spatial_index and not (footprint_radius or 0) > 0:
+            raise ValueError(
+                f"footprint_radius must be positive for a spatial scan, got {footprint_radius}"
+            )
         self.agent = agent
         self.uncertainty = uncertainty
-        self.footprint_radius = float(footprint_radius)
+        self.footprint_radius = float(footprint_radius or 0.0)
         self.sink = sink
         self.state_path = None if state_path is None else Path(state_path)
         self.saves = 0
         self.analysis: AnalysisRun | None = None
         self.decisions = 0
         self.told = 0
+        self.untold = 0  # measured before the first map: no gain to learn from
         self._pending: list[_Pending] = []
         self._last_map: object | None = None  # kept alive, so `is` cannot be fooled
         self._version = 0
         self._current: tuple[np.ndarray, tuple] | None = None
+        space = agent.space
+        if space.angle_index:  # the views whose rays the prior over theta is computed for
+            period = space.axes[space.angle_index[0]].period or 360.0
+            self._view_angles = np.linspace(0.0, period, 181)[:-1]
+            self._views = np.ones_like(self._view_angles)
         self._lock = threading.Lock()
 
     @classmethod
@@ -175,6 +205,7 @@ class AgentFeed:
                     "reason": reason,
                     "report": _json(self.agent.report()),
                     "told": self.told,
+                    "untold": self.untold,
                     "decisions": self.decisions,
                 },
             )
@@ -194,22 +225,44 @@ class AgentFeed:
             self._last_map = umap
             self._version += 1
             self._current = (np.asarray(umap, dtype=float), tuple(extent))
-            self.agent.update_prior(self._current[0], self._current[1])
+            space = self.agent.space
+            if space.spatial_index:
+                self.agent.update_prior(self._current[0], self._current[1])
+            if space.angle_index:
+                self._views = view_uncertainty(self._current[0], self._view_angles)
+                self.agent.update_prior_1d(self._views, self._view_angles)
             ready = [p for p in self._pending if p.version < self._version]
             self._pending = [p for p in self._pending if p.version >= self._version]
         for pending in ready:
-            after = footprint_mean(*self._current, tuple(pending.point[:2]), self.footprint_radius)
+            if pending.before is None:  # measured before any map: nothing to compare with
+                self.untold += 1
+                continue
+            after = self._uncertainty_at(pending.point)
             self.agent.tell(pending.point, {"gain": max(pending.before - after, 0.0)})
             self.told += 1
         return True
 
+    def _uncertainty_at(self, point: np.ndarray) -> float:
+        """The uncertainty a measurement at ``point`` looks at: in the probe's footprint
+        (spatial axes), else along the view's rays (a rotation alone)."""
+        space = self.agent.space
+        if space.spatial_index:
+            xy = tuple(point[i] for i in space.spatial_index[:2])
+            return footprint_mean(*self._current, xy, self.footprint_radius)
+        period = space.axes[space.angle_index[0]].period or 360.0
+        angle = point[space.angle_index[0]]
+        return float(np.interp(angle % period, self._view_angles, self._views, period=period))
+
     def measured(self, point) -> None:
-        """Record that ``point`` was just measured; its gain is told after the next map."""
+        """Record that ``point`` was just measured; its gain is told after the next map.
+
+        Points measured before the first map (the seeds) are never told a gain: there is
+        no uncertainty before them to compare with (taking 1.0 would credit them with
+        ``1 - after``, i.e. teach the agent that the *certain* regions pay).
+        """
         point = np.asarray(point, dtype=float).ravel()
         self.agent.record_measured(point)  # not proposed again while its gain is pending
-        before = 1.0
-        if self._current is not None:
-            before = footprint_mean(*self._current, tuple(point[:2]), self.footprint_radius)
+        before = None if self._current is None else self._uncertainty_at(point)
         with self._lock:
             self._pending.append(_Pending(point, before, self._version, time.time()))
 

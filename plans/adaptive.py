@@ -1,5 +1,8 @@
 """Adaptive scans: seed measurements, then let the agent choose, until its stopping rule.
 
+Ptychography (x, y), tomography (theta) and ptycho-tomography (x, y, theta) share one
+loop, :func:`adaptive_scan`.
+
 The plan asks an :class:`~synaps_agent.callbacks.agent_feed.AgentFeed` (an agent connected
 to the live segmentation) for a batch of points, moves and exposes at each, tells the
 feed what was measured, and repeats until the agent's stopping rule or the exposure
@@ -15,6 +18,7 @@ from typing import Any
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
+import numpy as np
 from bluesky.protocols import Movable, Readable
 from bluesky.utils import FailedStatus, Msg
 from ophyd.utils.errors import LimitError
@@ -23,7 +27,12 @@ from .metadata import scan_metadata
 from .scans import _as_positions, _check_detectors, _with_shutter
 from .stubs import check_within_limits, move_and_expose
 
-__all__ = ["adaptive_ptycho_scan"]
+__all__ = [
+    "adaptive_ptycho_scan",
+    "adaptive_ptycho_tomo_scan",
+    "adaptive_scan",
+    "adaptive_tomo_scan",
+]
 
 Plan = Generator[Msg, Any, str]
 
@@ -31,6 +40,104 @@ Plan = Generator[Msg, Any, str]
 def _limits(motor: Movable) -> list[float]:
     low, high = getattr(motor, "limits", (0.0, 0.0))
     return [float(low), float(high)]
+
+
+def adaptive_scan(
+    detectors: Sequence[Readable],
+    motors: Sequence[Movable],
+    feed: Any,
+    seed_points: np.ndarray,
+    *,
+    modality: str,
+    plan_name: str,
+    pattern: dict,
+    batch_size: int,
+    max_exposures: int,
+    shutter: Movable | None,
+    md: dict | None,
+) -> Plan:
+    """The loop every adaptive scan shares: seeds, then ask / move / expose / tell.
+
+    ``motors[i]`` moves to column ``i`` of the points (the seeds and what ``feed.ask``
+    returns, in the agent's axis order). Seeds the feed's agent has already measured (a
+    resumed scan) are skipped. The scan ends by the agent's stopping rule, the plan's
+    exposure budget, or when no admissible point is left; the stop document says which.
+
+    Yields
+    ------
+    Msg
+        One run: the seed exposures, then per decision a batch of moves and exposures.
+    """
+    detectors = _check_detectors(detectors)
+    seeds = np.asarray(seed_points, dtype=float)
+    if seeds.ndim != 2 or seeds.shape[1] != len(motors) or len(seeds) == 0:
+        raise ValueError(
+            f"seed positions must be a non-empty list of {len(motors)}-tuples "
+            f"({', '.join(m.name for m in motors)}), got shape {seeds.shape}"
+        )
+    for i, motor in enumerate(motors):
+        check_within_limits(motor, seeds[:, i])
+    done = getattr(feed, "already_done", None)
+    todo = seeds if done is None else seeds[~done(seeds)]  # a resumed scan skips them
+    if batch_size < 1 or max_exposures < len(todo):
+        raise ValueError(
+            "batch_size must be >= 1 and max_exposures >= the number of seeds to measure"
+        )
+    pattern = {
+        "kind": "adaptive",
+        **pattern,
+        "seed_positions": seeds.tolist(),
+        "batch_size": batch_size,
+        "max_exposures": max_exposures,
+    }
+    _md = scan_metadata(
+        modality=modality,
+        plan_name=plan_name,
+        detectors=detectors,
+        motors=list(motors),
+        pattern=pattern,
+        num_points=max_exposures,
+        md=md,
+    )
+
+    def expose_at(point: np.ndarray) -> Generator[Msg, Any, bool]:
+        try:
+            yield from move_and_expose(detectors, dict(zip(motors, map(float, point), strict=True)))
+        except (LimitError, FailedStatus, ValueError) as exc:
+            feed.failed(point, f"{type(exc).__name__}: {exc}")
+            return False
+        feed.measured(point)
+        return True
+
+    @bpp.stage_decorator(detectors)
+    def scan() -> Generator[Msg, Any, str]:
+        exposures = 0
+        for point in todo:
+            exposures += bool((yield from expose_at(point)))
+        while True:
+            stop, reason = feed.should_stop()
+            if stop:
+                return reason
+            if exposures >= max_exposures:
+                return f"exposure budget of the plan reached: {exposures}"
+            points = feed.ask(min(batch_size, max_exposures - exposures))
+            if len(points) == 0:
+                return "the agent had no admissible point left"
+            for point in np.asarray(points, dtype=float)[:, : len(motors)]:
+                exposures += bool((yield from expose_at(point)))
+
+    def body() -> Plan:
+        uid = yield from bps.open_run(md=_md)
+        feed.open(uid, parameters={"batch_size": batch_size, "max_exposures": max_exposures})
+        reason = "the scan was interrupted"  # what the decisions' run says if it does not end
+        try:
+            reason = yield from _with_shutter(scan(), shutter)
+        finally:
+            feed.close(reason)
+        yield from bps.close_run(exit_status="success", reason=reason)
+        return uid
+
+    return (yield from body())
 
 
 def adaptive_ptycho_scan(
@@ -70,73 +177,108 @@ def adaptive_ptycho_scan(
     Yields
     ------
     Msg
-        One run: the seed exposures, then per decision a batch of moves and exposures.
+        One run (see :func:`adaptive_scan`).
     """
-    detectors = _check_detectors(detectors)
     seeds = _as_positions(seed_positions)
-    done = getattr(feed, "already_done", None)
-    todo = seeds if done is None else seeds[~done(seeds)]  # a resumed scan skips them
-    if batch_size < 1 or max_exposures < len(todo):
-        raise ValueError(
-            "batch_size must be >= 1 and max_exposures >= the number of seeds to measure"
-        )
-    check_within_limits(x_motor, seeds[:, 0])
-    check_within_limits(y_motor, seeds[:, 1])
     # the region the agent may propose in (the reconstruction pre-sizes its grid to it)
     x_limits, y_limits = getattr(feed, "region", None) or (_limits(x_motor), _limits(y_motor))
-    pattern = {
-        "kind": "adaptive",
-        "x_limits": list(x_limits),
-        "y_limits": list(y_limits),
-        "seed_positions": seeds.tolist(),
-        "batch_size": batch_size,
-        "max_exposures": max_exposures,
-    }
-    _md = scan_metadata(
-        modality="ptychography",
-        plan_name="adaptive_ptycho_scan",
-        detectors=detectors,
-        motors=[x_motor, y_motor],
-        pattern=pattern,
-        num_points=max_exposures,
-        md=md,
-    )
+    return (
+        yield from adaptive_scan(
+            detectors, [x_motor, y_motor], feed, seeds,
+            modality="ptychography", plan_name="adaptive_ptycho_scan",
+            pattern={"x_limits": list(x_limits), "y_limits": list(y_limits)},
+            batch_size=batch_size, max_exposures=max_exposures, shutter=shutter, md=md,
+        )
+    )  # fmt: skip
 
-    def expose_at(x: float, y: float) -> Generator[Msg, Any, bool]:
-        try:
-            yield from move_and_expose(detectors, {x_motor: x, y_motor: y})
-        except (LimitError, FailedStatus, ValueError) as exc:
-            feed.failed((x, y), f"{type(exc).__name__}: {exc}")
-            return False
-        feed.measured((x, y))
-        return True
 
-    @bpp.stage_decorator(detectors)
-    def scan() -> Generator[Msg, Any, str]:
-        exposures = 0
-        for x, y in todo:
-            exposures += bool((yield from expose_at(float(x), float(y))))
-        while True:
-            stop, reason = feed.should_stop()
-            if stop:
-                return reason
-            if exposures >= max_exposures:
-                return f"exposure budget of the plan reached: {exposures}"
-            points = feed.ask(min(batch_size, max_exposures - exposures))
-            if len(points) == 0:
-                return "the agent had no admissible point left"
-            for x, y in points[:, :2]:
-                exposures += bool((yield from expose_at(float(x), float(y))))
+def adaptive_tomo_scan(
+    detectors: Sequence[Readable],
+    theta_motor: Movable,
+    feed: Any,
+    seed_angles: Sequence[float],
+    *,
+    batch_size: int = 4,
+    max_exposures: int = 180,
+    shutter: Movable | None = None,
+    md: dict | None = None,
+) -> Plan:
+    """Tomography where the agent picks the rotation angles.
 
-    def body() -> Plan:
-        uid = yield from bps.open_run(md=_md)
-        feed.open(uid, parameters={"batch_size": batch_size, "max_exposures": max_exposures})
-        reason = "the scan was interrupted"  # what the decisions' run says if it does not end
-        try:
-            reason = yield from _with_shutter(scan(), shutter)
-        finally:
-            feed.close(reason)
-        yield from bps.close_run(exit_status="success", reason=reason)
-        return uid
+    The feed's agent works over one periodic axis (theta); with an
+    :class:`~synaps_agent.callbacks.agent_feed.AgentFeed` it favours the views whose rays
+    cross the uncertain region (the forward projection of the uncertainty map is its
+    prior).
 
-    return (yield from body())
+    Parameters
+    ----------
+    detectors : list of readables
+        The projection camera (and monitors).
+    theta_motor : movable
+        Rotation stage (degrees).
+    feed : AgentFeed
+        The agent (a space with the single axis theta) and the live uncertainty.
+    seed_angles : sequence of float
+        First angles (a coarse uniform set), skipped when already measured.
+    batch_size, max_exposures, shutter, md
+        As in :func:`adaptive_ptycho_scan`.
+
+    Yields
+    ------
+    Msg
+        One run (see :func:`adaptive_scan`), stream ``primary`` with the rotation readback.
+    """
+    seeds = np.asarray(seed_angles, dtype=float).reshape(-1, 1)
+    return (
+        yield from adaptive_scan(
+            detectors, [theta_motor], feed, seeds,
+            modality="tomography", plan_name="adaptive_tomo_scan",
+            pattern={"theta_limits": _limits(theta_motor)},
+            batch_size=batch_size, max_exposures=max_exposures, shutter=shutter, md=md,
+        )
+    )  # fmt: skip
+
+
+def adaptive_ptycho_tomo_scan(
+    detectors: Sequence[Readable],
+    x_motor: Movable,
+    y_motor: Movable,
+    theta_motor: Movable,
+    feed: Any,
+    seed_positions: Sequence[Sequence[float]],
+    *,
+    batch_size: int = 8,
+    max_exposures: int = 2000,
+    shutter: Movable | None = None,
+    md: dict | None = None,
+) -> Plan:
+    """Ptycho-tomography where the agent picks (x, y, theta) together.
+
+    Parameters
+    ----------
+    detectors : list of readables
+        The ptychography detector (and monitors).
+    x_motor, y_motor, theta_motor : movables
+        Sample translations and rotation, in the agent's axis order (x, y, theta).
+    feed : AgentFeed
+        The agent over (x, y, theta) and the live uncertainty.
+    seed_positions : (n, 3) sequence
+        First (x, y, theta) points, skipped when already measured.
+    batch_size, max_exposures, shutter, md
+        As in :func:`adaptive_ptycho_scan`.
+
+    Yields
+    ------
+    Msg
+        One run (see :func:`adaptive_scan`).
+    """
+    region = getattr(feed, "region", None) or (_limits(x_motor), _limits(y_motor))
+    return (
+        yield from adaptive_scan(
+            detectors, [x_motor, y_motor, theta_motor], feed, np.asarray(seed_positions, float),
+            modality="ptycho-tomography", plan_name="adaptive_ptycho_tomo_scan",
+            pattern={"x_limits": list(region[0]), "y_limits": list(region[1]),
+                     "theta_limits": _limits(theta_motor)},
+            batch_size=batch_size, max_exposures=max_exposures, shutter=shutter, md=md,
+        )
+    )  # fmt: skip
