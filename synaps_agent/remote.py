@@ -36,6 +36,7 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -274,6 +275,8 @@ class AnalysisServer:
     ptycho_config : PtychoConfig, optional
     snapshot_interval, final_epochs, min_interval : float, int, float
         As in :class:`PtychoReconstruction` / :class:`LiveSegmentation`.
+    keep_documents : int
+        How many of the latest received documents :attr:`received` keeps.
     """
 
     def __init__(
@@ -289,6 +292,7 @@ class AnalysisServer:
         snapshot_interval: float = 1.0,
         final_epochs: int = 30,
         min_interval: float = 0.5,
+        keep_documents: int = 10_000,
     ) -> None:
         self.proxy_out = proxy_out
         self.sink = DocumentSink(*([sink] if sink is not None else []))
@@ -305,14 +309,17 @@ class AnalysisServer:
             final_epochs=final_epochs,
         )
         self.feed: AgentFeed | None = None
-        self.received: list[tuple[str, dict]] = []  # every document, as it arrived
+        # the latest documents, as they arrived (bounded: the node runs for days)
+        self.received: deque[tuple[str, dict]] = deque(maxlen=keep_documents)
+        self._starts: deque[str] = deque(maxlen=1000)  # uids of the runs that started
         if isinstance(proxy_out, str):
             self.dispatcher: Dispatcher = RemoteDispatcher(
                 proxy_out, prefix=prefix, deserializer=json_deserializer
             )
         else:
             self.dispatcher = proxy_out
-        self.dispatcher.subscribe(lambda name, doc: self.received.append((name, doc)))
+        self._arrived = threading.Condition()
+        self.dispatcher.subscribe(self._record)
         self.dispatcher.subscribe(self.reconstruction)
         self._context = zmq.Context()
         self._reply = self._context.socket(zmq.REP)
@@ -335,6 +342,13 @@ class AnalysisServer:
         ]
         for thread in self._threads:
             thread.start()
+        if isinstance(self.dispatcher, RemoteDispatcher):
+            # its socket connects when its thread starts; a document published before
+            # the subscription reaches the proxy is lost (0MQ PUB/SUB), so start the
+            # node before the scan ('open' then checks that the run's start arrived)
+            deadline = time.monotonic() + 10
+            while self.dispatcher._socket is None and time.monotonic() < deadline:
+                time.sleep(0.01)
         logger.info(
             "analysis server: documents from %s, agent at %s", self.proxy_out, self.reply_address
         )
@@ -369,6 +383,24 @@ class AnalysisServer:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the reconstruction and segmentation have finished the run."""
         return self.reconstruction.wait(timeout) and self.segmentation.wait(timeout)
+
+    def _record(self, name: str, doc: dict) -> None:
+        with self._arrived:
+            self.received.append((name, doc))
+            if name == "start":
+                self._starts.append(doc.get("uid"))
+            self._arrived.notify_all()
+
+    def _wait_for_start(self, raw_uid: str, timeout: float) -> None:
+        """Wait until the start document of ``raw_uid`` has come through the dispatcher."""
+
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: raw_uid in self._starts, timeout):
+                raise RuntimeError(
+                    f"the start document of run {raw_uid} did not arrive from "
+                    f"{self.proxy_out} within {timeout:g} s: is the RunEngine's publisher "
+                    "subscribed, with this prefix, to the proxy this node listens to?"
+                )
 
     def _dispatch(self) -> None:
         try:
@@ -406,6 +438,9 @@ class AnalysisServer:
         if op == "ping":
             return {"documents": len(self.received)}
         if op == "open":
+            # the agent's decisions need the live maps of this very run
+            wait = min(max(float(request.get("wait", 5.0)), 0.0), 60.0)
+            self._wait_for_start(str(request["raw_uid"]), wait)
             agent = agent_from_spec(request["agent"])
             self.feed = AgentFeed(
                 agent,
@@ -598,6 +633,7 @@ class RemoteAgentFeed:
         self._budget = parameters.get("max_exposures")
         self._request(
             "open",
+            wait=self.timeout / 2,  # for the run's start document to reach the server
             raw_uid=raw_uid,
             parameters=parameters,
             agent=self.spec,
@@ -639,7 +675,9 @@ class RemoteAgentFeed:
         self._request("close", reason=reason)
 
     def _remaining_pattern(self) -> np.ndarray:
-        assert self.fallback is not None
+        """The fallback pattern's points not measured yet (in the planned order)."""
+        if self.fallback is None:
+            return np.zeros((0, 2))
         if not self._measured:
             return self.fallback
         measured = np.asarray(self._measured)[:, :2]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -163,6 +164,10 @@ def test_bad_requests_get_clear_errors(server, ptycho_beamline):
         with pytest.raises(RemoteAnalysisError, match="unknown request 'explode'"):
             feed._request("explode")
         assert feed._request("ping")["ok"] is True  # the server is still serving
+        # a run whose documents never reached this node (publisher not subscribed)
+        feed.timeout = 4.0
+        with pytest.raises(RemoteAnalysisError, match="start document of run nowhere did not"):
+            feed.open("nowhere", {"max_exposures": 10})
     finally:
         feed.close_socket()
     with pytest.raises(ValueError, match=r"fallback must be an \(n, 2\) pattern"):
@@ -178,7 +183,7 @@ def server_spec() -> dict:
 
 # -- documents out --------------------------------------------------------------------------
 def test_documents_reach_the_remote_dispatcher_intact(
-    RE, documents, publisher, server, ptycho_beamline
+    RE, documents, server, publisher, ptycho_beamline
 ):
     bl = ptycho_beamline
     positions = raster_positions(-0.3, 0.3, -0.3, 0.3, 0.12)
@@ -201,13 +206,17 @@ def test_documents_reach_the_remote_dispatcher_intact(
 # -- suggestions back -----------------------------------------------------------------------
 @pytest.mark.slow
 def test_adaptive_scan_driven_by_the_remote_agent(
-    RE, catalog, proxy, publisher, small_segmenter, ptycho_beamline
+    RE, catalog, proxy, small_segmenter, ptycho_beamline
 ):
     bl = ptycho_beamline
     budget = 36
     agent = _agent(bl, budget)
     seeds = raster_positions(-0.4, 0.4, -0.4, 0.4, 0.4)
+    # the analysis node is up before the beamline publishes (0MQ drops messages sent
+    # before a subscription is in place)
     with _server(proxy, small_segmenter, sink=catalog.writer("processed")) as server:
+        pub = connect_publisher(proxy.in_address, proxy.out_address)
+        RE.subscribe(pub)
         feed = RemoteAgentFeed(server.reply_address, agent, footprint_radius=0.1, timeout=60)
         try:
             (uid,) = RE(
@@ -218,6 +227,7 @@ def test_adaptive_scan_driven_by_the_remote_agent(
             )  # fmt: skip
         finally:
             feed.close_socket()
+            pub.close()
         assert server.wait(120)
         remote_agent = server.feed.agent
     run = catalog.raw[uid]
@@ -263,19 +273,22 @@ def _kill_after(events: int, kill):
 
 @pytest.mark.slow
 def test_killed_analysis_process_gives_a_clear_timeout_error(
-    RE, documents, proxy, publisher, ptycho_beamline
+    RE, documents, proxy, publisher, ptycho_beamline, tmp_path
 ):
     bl = ptycho_beamline
     port = _free_port()
+    log = (tmp_path / "analysis-node.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "synaps_agent.remote", "--proxy", proxy.out_address,
          "--reply-port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO,
+        stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     try:
-        line = process.stdout.readline()  # printed once the analysis node serves
-        assert f"agent at tcp://127.0.0.1:{port}" in line, line
+        # the node prints its addresses once it serves
+        ready, _, _ = select.select([process.stdout], [], [], 120)
+        line = process.stdout.readline() if ready else ""
+        assert f"agent at tcp://127.0.0.1:{port}" in line, Path(log.name).read_text()[-2000:]
         feed = RemoteAgentFeed(
             f"tcp://127.0.0.1:{port}", _agent(bl, 40), footprint_radius=0.1, timeout=2.0
         )
@@ -289,6 +302,7 @@ def test_killed_analysis_process_gives_a_clear_timeout_error(
         process.kill()
         process.wait(30)
         process.stdout.close()
+        log.close()
     message = str(info.value)
     assert f"tcp://127.0.0.1:{port}" in message and "within 2 s" in message
     assert "'measured'" in message  # the 4th exposure could not be told
@@ -300,12 +314,11 @@ def test_killed_analysis_process_gives_a_clear_timeout_error(
 
 @pytest.mark.slow
 def test_analysis_gone_mid_scan_falls_back_to_the_planned_pattern(
-    RE, catalog, proxy, publisher, small_segmenter, ptycho_beamline
+    RE, catalog, proxy, server, publisher, ptycho_beamline
 ):
     bl = ptycho_beamline
     seeds = raster_positions(-0.4, 0.4, -0.4, 0.4, 0.4)  # 3 x 3
     planned = raster_positions(-0.4, 0.4, -0.4, 0.4, 0.2)  # 5 x 5, includes the seeds
-    server = _server(proxy, small_segmenter).start()
     feed = RemoteAgentFeed(
         server.reply_address, _agent(bl, 40), footprint_radius=0.1, timeout=1.0, fallback=planned
     )
@@ -317,7 +330,6 @@ def test_analysis_gone_mid_scan_falls_back_to_the_planned_pattern(
         )  # fmt: skip
     finally:
         feed.close_socket()
-        server.stop()
     run = catalog.raw[uid]
     # the run completed and says it left the agent, and why
     assert run.stop["exit_status"] == "success"
