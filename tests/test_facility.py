@@ -1,0 +1,220 @@
+"""The facility template against a real Channel Access server on loopback.
+
+A caproto IOC of ours (``synaps_agent.sim_devices.epics_ioc``: three motor records, a
+shutter and a monitor) runs in a subprocess on 127.0.0.1 with a free port; the template's
+configuration file is loaded unchanged, its roles connected (ophyd ``EpicsMotor`` over
+caproto's client) and a raster ptychography scan driven through the EPICS motors in a
+real RunEngine.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synaps_agent.facility import (
+    FacilityConfigError,
+    connect_roles,
+    load_facility_config,
+)
+from synaps_agent.plans.scans import raster_ptycho_scan
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "profiles" / "facility" / "synaps_facility.toml"
+
+
+def _free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_listening(process: subprocess.Popen, port: int, timeout: float = 60.0) -> None:
+    """Return once the IOC accepts TCP connections (so the first CA search finds it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the IOC exited with status {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    pytest.fail(f"the IOC did not listen on port {port} within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def ioc():
+    """The loopback IOC (prefix ``SYNAPS:``), and this process's CA client pointed at it."""
+    port = _free_port(socket.SOCK_STREAM)
+    client_env = {
+        "EPICS_CA_ADDR_LIST": "127.0.0.1",
+        "EPICS_CA_AUTO_ADDR_LIST": "NO",
+        "EPICS_CA_SERVER_PORT": str(port),
+        "EPICS_CA_REPEATER_PORT": str(_free_port(socket.SOCK_DGRAM)),
+    }
+    server_env = dict(os.environ, **client_env, EPICS_CAS_INTF_ADDR_LIST="127.0.0.1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "synaps_agent.sim_devices.epics_ioc", "--prefix", "SYNAPS:"],
+        env=server_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_listening(process, port)
+    saved = {key: os.environ.get(key) for key in client_env}
+    os.environ.update(client_env)
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def devices(ioc, catalog):
+    config = load_facility_config(TEMPLATE)
+    connected = connect_roles(config, frames_directory=catalog.frames_directory)
+    yield connected
+    for role in ("stage_x", "stage_y", "stage_theta", "shutter", "monitor"):
+        connected[role].destroy()
+
+
+def test_template_connects_every_role_over_channel_access(devices):
+    from ophyd import EpicsMotor
+
+    stage = devices["stage"]
+    for motor, pv, units in ((stage.x, "SYNAPS:x", "um"), (stage.theta, "SYNAPS:theta", "deg")):
+        assert isinstance(motor, EpicsMotor)
+        assert motor.prefix == pv
+        assert motor.connected
+        assert motor.egu == units
+    assert stage.x.limits == (-20.0, 20.0)  # served by the IOC, not written in the file
+    assert stage.theta.limits == (-200.0, 200.0)
+    assert devices["monitor"].get() == pytest.approx(1e9)
+    assert devices["shutter"].name == "shutter"
+    assert devices["ptycho_detector"].name == "ptycho_det"
+
+
+def test_raster_scan_drives_the_epics_motors(devices, RE, catalog):
+    stage, shutter = devices["stage"], devices["shutter"]
+    detectors = [devices["ptycho_detector"], devices["monitor"]]
+    (uid,) = RE(
+        raster_ptycho_scan(
+            detectors, stage.x, stage.y, -0.4, 0.4, -0.2, 0.2, 0.4, snake=False, shutter=shutter
+        )
+    )
+    run = catalog.raw[uid]
+    assert run.stop["exit_status"] == "success"
+    assert run.start["units"] == {"stage_x": "um", "stage_y": "um"}
+    primary = run["primary"]
+    # the readbacks (.RBV) the IOC reported at each exposure are the raster's positions
+    x = np.asarray(primary["stage_x"].read())
+    y = np.asarray(primary["stage_y"].read())
+    expected_x = np.tile([-0.4, 0.0, 0.4], 2)
+    expected_y = np.repeat([-0.2, 0.2], 3)
+    np.testing.assert_allclose(x, expected_x, atol=1e-6)
+    np.testing.assert_allclose(y, expected_y, atol=1e-6)
+    # the shutter PV was opened for the exposures (frames hold photons) and closed after
+    frames = np.asarray(primary["ptycho_det_image"].read())
+    assert frames.shape[0] == 6 and frames.sum(axis=(1, 2)).min() > 0
+    assert not np.array_equal(frames[0], frames[2])  # a different place on the phantom
+    assert shutter.get() == "closed"
+    assert np.asarray(primary["i0"].read()) == pytest.approx(1e9)
+    assert stage.x.user_readback.get() == pytest.approx(0.4)
+
+
+def test_move_beyond_the_ioc_limits_fails_before_motion(devices, RE):
+    from ophyd.utils.errors import LimitError
+
+    stage = devices["stage"]
+    stage.x.set(1.0).wait(10)
+    with pytest.raises(ValueError, match=r"stage_x: .*outside the soft limits \[-20.0, 20.0\]"):
+        RE(raster_ptycho_scan([devices["ptycho_detector"]], stage.x, stage.y, 10, 30, 0, 0, 5))
+    with pytest.raises(LimitError):
+        stage.x.set(25.0)
+    assert stage.x.user_readback.get() == pytest.approx(1.0)
+    assert stage.x.user_setpoint.get() == pytest.approx(1.0)
+    assert stage.x.motor_done_move.get() == 1
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "facility.toml"
+    path.write_text(text)
+    return path
+
+
+def test_config_errors_name_the_key(tmp_path):
+    template = TEMPLATE.read_text()
+    cases = [
+        (template.replace('units = "deg"', 'units = "mm"'), r"roles\.stage_theta\.units"),
+        (
+            template.replace('"SYNAPS:y"\nunits = "um"', '"SYNAPS:y"\nunits = "pc"'),
+            r"roles\.stage_y\.units: 'pc' is not a unit for stage_y",
+        ),
+        (template.replace("[roles.monitor]", "[roles.monitor]\nscale = 2"),
+         r"roles\.monitor: unknown key\(s\) scale"),
+        (template.replace("[roles.shutter]", "[roles.sample_changer]\npv = 'X'\n\n[roles.shutter]"),
+         r"roles: unknown key\(s\) sample_changer"),
+        (template.replace("[roles.stage_theta]\nmotor", "[roles.stage_thetaX]\nmotor"),
+         r"roles: unknown key\(s\) stage_thetaX"),
+        (template.replace('api_key_env = "SYNAPS_TILED_API_KEY"', 'api_key = "secret"'),
+         r"tiled\.api_key: never write the API key"),
+        (template.replace("[roles.projection_detector]\nsimulated = true\n", ""),
+         r"roles: missing role\(s\) projection_detector"),
+        (template.replace("connection_timeout = 10.0", "connection_timeout = -1"),
+         r"epics\.connection_timeout"),
+        (template.replace("[roles.ptycho_detector]\nsimulated = true",
+                          "[roles.ptycho_detector]\nprefix = 'X:'\ndevice_class = 'Eiger'"),
+         r"roles\.ptycho_detector\.device_class: expected 'module:Class'"),
+    ]
+    for text, message in cases:
+        assert text != template, message
+        with pytest.raises(FacilityConfigError, match=message):
+            load_facility_config(_write(tmp_path, text))
+    with pytest.raises(FacilityConfigError, match="does not exist"):
+        load_facility_config(tmp_path / "nowhere.toml")
+
+
+def test_api_key_comes_from_the_environment(tmp_path, monkeypatch):
+    text = TEMPLATE.read_text().replace(
+        '# uri = "http://tiled.example.org:8000"', 'uri = "http://127.0.0.1:1"'
+    )
+    config = load_facility_config(_write(tmp_path, text))
+    monkeypatch.delenv("SYNAPS_TILED_API_KEY", raising=False)
+    with pytest.raises(FacilityConfigError, match="SYNAPS_TILED_API_KEY"):
+        config.tiled_api_key()
+    monkeypatch.setenv("SYNAPS_TILED_API_KEY", "k3y")
+    assert config.tiled_api_key() == "k3y"
+
+
+def test_units_disagreeing_with_the_ioc_and_missing_pvs_are_refused(ioc, tmp_path):
+    template = TEMPLATE.read_text().replace("connection_timeout = 10.0", "connection_timeout = 2")
+    wrong_units = template.replace('units = "um"', 'units = "mm"', 1)  # stage_x
+    for role in ("ptycho_detector", "projection_detector"):
+        wrong_units = wrong_units.replace(
+            f"[roles.{role}]\nsimulated = true",
+            f"[roles.{role}]\nprefix = 'X:'\ndevice_class = 'ophyd.areadetector:SimDetector'",
+        )
+    config = load_facility_config(_write(tmp_path, wrong_units))
+    with pytest.raises(FacilityConfigError, match=r"roles\.stage_x\.units: .*'mm'.*EGU is 'um'"):
+        connect_roles(config)
+    missing = template.replace('pv = "SYNAPS:i0"', 'pv = "SYNAPS:nothing"')
+    config = load_facility_config(_write(tmp_path, missing))
+    with pytest.raises(FacilityConfigError, match=r"roles\.monitor: SYNAPS:nothing did not"):
+        connect_roles(config, frames_directory=tmp_path)
