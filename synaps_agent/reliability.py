@@ -144,6 +144,23 @@ def prepare_run_engine(RE: Any, monitor: Any | None = None, **suspender_kwargs: 
     return suspender
 
 
+def _schema_error(name: str, doc: dict) -> str | None:
+    """Why ``doc`` is not a valid ``name`` document (event-model schema), or None."""
+    from event_model import DocumentNames, schema_validators
+    from jsonschema.exceptions import ValidationError
+
+    try:
+        validator = schema_validators[DocumentNames(name)]
+    except ValueError:
+        return f"{name!r} is not an event-model document name"
+    try:
+        validator.validate(doc)
+    except ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "document"
+        return f"invalid {name} document ({where}): {exc.message}"
+    return None
+
+
 class _RunTracker:
     """Which run a document belongs to (start uid), from the documents' references."""
 
@@ -278,6 +295,9 @@ class BufferedWriter:
     initial_backoff, max_backoff : float
         Seconds between attempts while writing fails: doubling from the first to the
         second.
+    validate : bool
+        Check every document against its event-model schema first; an invalid one is
+        not written (nor logged ahead) but kept in :attr:`rejected` with the reason.
     """
 
     def __init__(
@@ -288,6 +308,7 @@ class BufferedWriter:
         wal_directory: str | Path | None = None,
         initial_backoff: float = 0.05,
         max_backoff: float = 2.0,
+        validate: bool = False,
     ) -> None:
         if not 0 < initial_backoff <= max_backoff:
             raise ValueError(
@@ -298,6 +319,7 @@ class BufferedWriter:
         self.wal = WriteAheadLog(wal_directory) if wal_directory is not None else None
         self.initial_backoff = float(initial_backoff)
         self.max_backoff = float(max_backoff)
+        self.validate = bool(validate)
         self.failed_attempts = 0
         self.rewrites = 0
         self.written = 0
@@ -325,9 +347,11 @@ class BufferedWriter:
         in :attr:`rejected` with the reason, and logged as an error."""
         if self._closed:
             raise RuntimeError("BufferedWriter is closed")
-        run = self._tracker.run_of(name, doc)
-        if run is None:
+        reason = _schema_error(name, doc) if self.validate else None
+        run = self._tracker.run_of(name, doc) if reason is None else None
+        if reason is None and run is None:
             reason = f"{name} document refers to no run this writer has seen (out of order?)"
+        if reason is not None:
             logger.error("BufferedWriter: %s: %r", reason, doc)
             self.rejected.append((name, doc, reason))
             return

@@ -166,3 +166,24 @@ def test_embedded_tiled_listens_on_loopback_only(catalog):
     port = httpx.URL(catalog.uri).port
     addresses = listening_addresses(port)
     assert addresses and addresses <= LOOPBACK, addresses
+
+
+def test_buffered_writer_validates_documents_against_their_schema(RE, documents, tomo_beamline):
+    seen = []
+    writer = BufferedWriter(lambda: lambda name, doc: seen.append(name), validate=True)
+    RE.subscribe(writer)
+    RE(bp.count([tomo_beamline.i0], num=2))
+    assert writer.flush(timeout=30)
+    assert seen == [name for name, _ in documents.documents]  # real documents pass
+    (start,) = documents.of("start")
+    writer("start", {"uid": "r2"})  # no time
+    writer("stop", {**documents.of("stop")[0], "exit_status": "exploded"})
+    writer("event", {**documents.of("event")[0], "seq_num": "one"})
+    writer("no_such_document", {})
+    assert writer.close(timeout=10)
+    reasons = [reason for _, _, reason in writer.rejected]
+    assert "invalid start document (document): 'time' is a required property" in reasons[0]
+    assert "invalid stop document (exit_status)" in reasons[1]
+    assert "invalid event document (seq_num)" in reasons[2]
+    assert "'no_such_document' is not an event-model document name" in reasons[3]
+    assert len(seen) == len(documents.documents) and start["uid"] != "r2"
