@@ -442,6 +442,8 @@ class AnalysisServer:
             wait = min(max(float(request.get("wait", 5.0)), 0.0), 60.0)
             self._wait_for_start(str(request["raw_uid"]), wait)
             agent = agent_from_spec(request["agent"])
+            if self.feed is not None and self.feed.analysis is not None:
+                self.feed.close("a new scan opened before this one closed")
             self.feed = AgentFeed(
                 agent,
                 self.segmentation.uncertainty_for_agent,
@@ -596,6 +598,8 @@ class RemoteAgentFeed:
         """One request; None once fallen back. Raises if the answer is late (no fallback)."""
         if self.fell_back is not None:
             return None
+        if self._context.closed:
+            raise RuntimeError("this RemoteAgentFeed is closed: make a new one for each scan")
         if self._socket is None:
             self._socket = self._context.socket(zmq.REQ)
             self._socket.setsockopt(zmq.LINGER, 0)
@@ -624,7 +628,8 @@ class RemoteAgentFeed:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
-        self._context.term()
+        if not self._context.closed:
+            self._context.term()
 
     # -- the plan's calls
     def open(self, raw_uid: str, parameters: dict | None = None) -> None:
@@ -671,8 +676,12 @@ class RemoteAgentFeed:
         return False, ""
 
     def close(self, reason: str) -> None:
-        """Close the decisions' run on the analysis side (if it is still there)."""
-        self._request("close", reason=reason)
+        """Close the decisions' run on the analysis side (if it is still there) and the
+        socket: one feed serves one scan."""
+        try:
+            self._request("close", reason=reason)
+        finally:
+            self.close_socket()
 
     def _remaining_pattern(self) -> np.ndarray:
         """The fallback pattern's points not measured yet (in the planned order)."""

@@ -230,6 +230,8 @@ def test_adaptive_scan_driven_by_the_remote_agent(
             pub.close()
         assert server.wait(120)
         remote_agent = server.feed.agent
+    with pytest.raises(RuntimeError, match="RemoteAgentFeed is closed"):
+        feed.ask(1)  # the plan closed it: one feed per scan
     run = catalog.raw[uid]
     assert "exposure budget" in run.stop["reason"]  # the remote agent's stopping rule
     xs = np.asarray(run["primary"]["stage_x"].read())
