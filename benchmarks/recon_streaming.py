@@ -181,8 +181,13 @@ class _Recorder:
 
 
 def _monitor(recon, recorder, p, samples, snapshots, done: threading.Event) -> None:
-    """Sample backlog and engine state until ``done``; keep snapshots at intervals."""
+    """Sample backlog and engine state until ``done``; keep snapshots at intervals.
+
+    A snapshot holds the engine's lock (and computes the coverage map), so snapshots are
+    at least three times their own duration apart.
+    """
     t_last_snap = 0.0
+    snap_seconds = 0.0
     while not done.is_set():
         now = time.perf_counter()
         engines = list(recon.engines.values())
@@ -199,8 +204,9 @@ def _monitor(recon, recorder, p, samples, snapshots, done: threading.Event) -> N
         )
         stopped = recorder.t_stop is not None
         every = p["after_stop_snapshot_every"] if stopped else p["snapshot_every"]
-        if now - t_last_snap >= every and in_engine:
-            snap = recon.snapshot()
+        if now - t_last_snap >= max(every, 3 * snap_seconds) and in_engine:
+            snap = recon.snapshot()  # holds the engine's lock: keep it under ~1/3 of the time
+            snap_seconds = time.perf_counter() - now
             if snap is not None:
                 snapshots.append(
                     {"t": time.perf_counter(), "emitted": recorder.events, "snap": snap}
@@ -283,7 +289,7 @@ def live_run(case: str, p: dict[str, Any], frames_dir: Path) -> dict[str, Any]:
     try:
         RE(_scan_plan(bl, p))
         t_returned = time.perf_counter()
-        finished = recon.wait(600)
+        finished = recon.wait(1800)
         t_final = time.perf_counter()
     finally:
         done.set()

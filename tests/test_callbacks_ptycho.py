@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import pytest
 from event_model import compose_run
@@ -187,3 +190,29 @@ def test_a_failing_callback_does_not_abort_the_scan(RE, catalog, documents, ptyc
     run = catalog.raw[uid]
     assert run.stop["exit_status"] == "success"
     assert run["primary"][bl.ptycho_det.image_key].shape[0] == 3
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux")
+def test_worker_runs_nicer_while_the_run_is_open(RE, ptycho_beamline):
+    bl = ptycho_beamline
+    recon = PtychoReconstruction(snapshot_interval=0, final_epochs=1, worker_nice=5)
+    seen = []
+
+    def worker_nice(name, doc):
+        worker = recon._worker
+        if name == "event" and worker is not None and worker.is_alive():
+            seen.append(os.getpriority(os.PRIO_PROCESS, worker.native_id))
+
+    RE.subscribe(recon)
+    RE.subscribe(worker_nice)  # after the reconstruction: its worker exists by then
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    RE(
+        raster_ptycho_scan(
+            [bl.ptycho_det], bl.stage.x, bl.stage.y, -0.1, 0.1, 0, 0, 0.1, shutter=bl.shutter
+        )
+    )
+    assert recon.wait(60) and recon.errors == []
+    assert seen and all(n == min(19, base + 5) for n in seen), (base, seen)
+    assert recon.snapshot().num_frames == 3  # the mini-batches reached the engine
+    with pytest.raises(ValueError, match="worker_nice"):
+        PtychoReconstruction(worker_nice=-1)
