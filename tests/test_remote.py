@@ -291,6 +291,7 @@ def test_killed_analysis_process_gives_a_clear_timeout_error(
         ready, _, _ = select.select([process.stdout], [], [], 120)
         line = process.stdout.readline() if ready else ""
         assert f"agent at tcp://127.0.0.1:{port}" in line, Path(log.name).read_text()[-2000:]
+        assert _listening_hosts(port) == {"127.0.0.1"}  # the node's default: loopback
         feed = RemoteAgentFeed(
             f"tcp://127.0.0.1:{port}", _agent(bl, 40), footprint_radius=0.1, timeout=2.0
         )
