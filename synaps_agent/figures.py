@@ -15,7 +15,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
-__all__ = ["PHASE_COLORS", "plot_diffraction_patterns", "plot_phantom", "plot_projections"]
+__all__ = [
+    "PHASE_COLORS",
+    "draw_scan_panels",
+    "plot_adaptive_comparison",
+    "plot_diffraction_patterns",
+    "plot_phantom",
+    "plot_projections",
+]
 
 #: pore, carbon-binder, active, secondary
 PHASE_COLORS = ListedColormap(["#1b1b1b", "#6baed6", "#fdae6b", "#d62728"])
@@ -115,6 +122,63 @@ def plot_projections(
     return path
 
 
+def _pixel_extent(origin: Sequence[int], shape: Sequence[int]) -> list[float]:
+    """imshow extent placing array index (0, 0) at pixel ``origin`` (row, col)."""
+    r0, c0 = (float(v) for v in origin)
+    return [c0 - 0.5, c0 + shape[1] - 0.5, r0 + shape[0] - 0.5, r0 - 0.5]
+
+
+def draw_scan_panels(
+    fig,
+    axes: Sequence,
+    *,
+    phase: np.ndarray | None = None,
+    phase_origin: Sequence[int] = (0, 0),
+    labels: np.ndarray | None = None,
+    uncertainty: np.ndarray | None = None,
+    map_origin: Sequence[int] = (0, 0),
+    points: np.ndarray | None = None,
+    titles: Sequence[str] = ("reconstructed phase", "segmentation", "uncertainty, scan path"),
+) -> None:
+    """Reconstruction, segmentation and uncertainty with the measured points, on 3 axes.
+
+    Every array is placed in one pixel frame: ``phase`` with its index (0, 0) at pixel
+    ``phase_origin`` (row, col), ``labels`` and ``uncertainty`` at ``map_origin``;
+    ``points`` are (row, col) pixels in that frame, in the order measured (drawn as the
+    scan path, coloured from first to last). Missing arrays leave their panel empty.
+    """
+    ax_phase, ax_labels, ax_uncertainty = axes
+    if phase is not None:
+        ax_phase.imshow(phase, cmap="gray", extent=_pixel_extent(phase_origin, phase.shape))
+    if labels is not None:
+        ax_labels.imshow(
+            labels,
+            cmap=PHASE_COLORS,
+            vmin=0,
+            vmax=3,
+            interpolation="nearest",
+            extent=_pixel_extent(map_origin, labels.shape),
+        )
+        _label_legend(ax_labels)
+    if uncertainty is not None:
+        shown = ax_uncertainty.imshow(
+            uncertainty,
+            cmap="viridis",
+            vmin=0,
+            vmax=1,
+            extent=_pixel_extent(map_origin, uncertainty.shape),
+        )
+        fig.colorbar(shown, ax=ax_uncertainty, shrink=0.8, label="uncertainty")
+    if points is not None and len(points):
+        points = np.asarray(points, dtype=float)
+        for ax in (ax_phase, ax_uncertainty):
+            ax.plot(points[:, 1], points[:, 0], "-", color="white", lw=0.4, alpha=0.6)
+            ax.scatter(points[:, 1], points[:, 0], c=np.arange(len(points)), cmap="autumn", s=5)
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_title(title)
+        ax.set_axis_off()
+
+
 def plot_adaptive_comparison(outcomes: dict, phantom, path: str | Path) -> Path:
     """Reconstruction, segmentation vs truth, uncertainty with the scan path, and IoU
     against exposures for each strategy."""
@@ -127,27 +191,31 @@ def plot_adaptive_comparison(outcomes: dict, phantom, path: str | Path) -> Path:
         constrained_layout=True,
         squeeze=False,
     )
+    pixel_um = phantom.pixel_size * 1e6
     for row, name in zip(axes, strategies, strict=True):
         outcome = outcomes[name]
-        r0, c0 = outcome.final_origin
-        if outcome.final_phase is not None:
-            row[0].imshow(outcome.final_phase, cmap="gray")
-        row[0].set_title(f"{name}: reconstructed phase")
-        if outcome.final_labels is not None:
-            row[1].imshow(
-                outcome.final_labels, cmap=PHASE_COLORS, vmin=0, vmax=3, interpolation="nearest"
-            )
-            _label_legend(row[1])
-        row[1].set_title(f"{name}: segmentation (final IoU {outcome.final_iou:.3f})")
-        if outcome.final_uncertainty is not None:
-            shown = row[2].imshow(outcome.final_uncertainty, cmap="viridis", vmin=0, vmax=1)
-            fig.colorbar(shown, ax=row[2], shrink=0.8, label="uncertainty")
-            pixel_um = phantom.pixel_size * 1e6
-            cols = outcome.positions[:, 0] / pixel_um + phantom.shape[1] / 2 - c0
-            rows = outcome.positions[:, 1] / pixel_um + phantom.shape[0] / 2 - r0
-            row[2].plot(cols, rows, "-", color="white", lw=0.4, alpha=0.6)
-            row[2].scatter(cols, rows, c=np.arange(len(cols)), cmap="autumn", s=5)
-        row[2].set_title(f"{name}: uncertainty and scan path ({outcome.exposures} exposures)")
+        positions = np.asarray(outcome.positions, dtype=float).reshape(-1, 2)
+        points = np.column_stack(
+            [
+                positions[:, 1] / pixel_um + phantom.shape[0] / 2,
+                positions[:, 0] / pixel_um + phantom.shape[1] / 2,
+            ]
+        )
+        draw_scan_panels(
+            fig,
+            row[:3],
+            phase=outcome.final_phase,
+            phase_origin=outcome.final_origin,
+            labels=outcome.final_labels,
+            uncertainty=outcome.final_uncertainty,
+            map_origin=outcome.final_origin,
+            points=points if outcome.final_uncertainty is not None else None,
+            titles=(
+                f"{name}: reconstructed phase",
+                f"{name}: segmentation (final IoU {outcome.final_iou:.3f})",
+                f"{name}: uncertainty and scan path ({outcome.exposures} exposures)",
+            ),
+        )
         for other in strategies:
             curve = np.asarray(outcomes[other].curve, dtype=float)
             if len(curve):
@@ -156,8 +224,6 @@ def plot_adaptive_comparison(outcomes: dict, phantom, path: str | Path) -> Path:
         row[3].set_ylabel("mean IoU vs ground truth")
         row[3].legend()
         row[3].set_title("segmentation quality vs exposures")
-        for ax in row[:3]:
-            ax.set_axis_off()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -1,0 +1,116 @@
+"""The live figure, headless: PNGs of the reconstruction, segmentation and uncertainty
+written during a real raster scan (real RunEngine, live reconstruction and segmentation),
+and the final one once the analyses finish."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from synaps_agent.callbacks.analysis import DocumentSink
+from synaps_agent.callbacks.live_view import LiveView
+from synaps_agent.callbacks.ptycho import PtychoReconstruction
+from synaps_agent.callbacks.segmentation import LiveSegmentation, normalize_reconstruction
+from synaps_agent.plans.scans import raster_ptycho_scan
+from synaps_agent.recon.ptycho import PtychoConfig
+from synaps_agent.segment.base import ProbabilisticSegmenter
+from synaps_agent.segment.forest import ForestSegmenter
+from synaps_agent.sim_devices.phantoms import make_phantom
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> ProbabilisticSegmenter:
+    """A small forest trained on a noisy transmission of another P-dense phantom."""
+    rng = np.random.default_rng(0)
+    phantom = make_phantom("P-dense", 11, size=96)
+    t = phantom.transmission(8000.0)
+    noisy = t + rng.normal(0, 0.01, t.shape) + 1j * rng.normal(0, 0.01, t.shape)
+    forest = ForestSegmenter(n_estimators=10, n_jobs=1).fit(
+        [normalize_reconstruction(noisy)], [phantom.labels], seed=0
+    )
+    return ProbabilisticSegmenter(forest)
+
+
+def _phase_panel(png: np.ndarray) -> np.ndarray:
+    """The left third of the figure (the reconstructed phase), as grey levels."""
+    grey = png[..., :3].mean(axis=-1)
+    return grey[:, : grey.shape[1] // 3]
+
+
+@pytest.mark.slow
+def test_live_view_writes_the_reconstruction_as_it_grows(
+    RE, catalog, ptycho_beamline, segmenter, tmp_path
+):
+    bl = ptycho_beamline
+    seg = LiveSegmentation(
+        DocumentSink(catalog.writer("processed")),
+        segmenter=segmenter,
+        min_interval=0.2,
+        preprocess=normalize_reconstruction,
+        characterize=False,
+    )
+    recon = PtychoReconstruction(
+        DocumentSink(catalog.writer("processed"), seg),
+        config=PtychoConfig(batch_size=16, seed=1),
+        snapshot_interval=0.5,
+        final_epochs=40,
+    )
+    view = LiveView(recon, seg, directory=tmp_path, interval=0.0, keep_history=True)
+    RE.subscribe(recon)
+    RE.subscribe(view)
+    (uid,) = RE(
+        raster_ptycho_scan(
+            [bl.ptycho_det], bl.stage.x, bl.stage.y, -0.42, 0.42, -0.42, 0.42, 0.12,
+            shutter=bl.shutter,
+        )  # fmt: skip
+    )
+    assert view.wait(240), "the final figure was not written"
+    assert view.errors == [] and recon.errors == [] and seg.errors == []
+    assert view.final_path == tmp_path / f"live_{uid[:8]}_final.png"
+    history = sorted(tmp_path.glob(f"live_{uid[:8]}_[0-9]*.png"))
+    assert len(history) >= 1, "no figure was written during the scan"
+
+    final = imread(view.final_path)
+    panel = _phase_panel(final)
+    assert panel.std() > 0.05, "the reconstruction panel is blank"
+    first = imread(history[0])
+    assert first.shape == final.shape
+    assert np.abs(_phase_panel(first) - panel).mean() > 0.005, "the panel did not change"
+
+    # what is drawn is the reconstruction, the segmentation and the measured points
+    figure = view.render()
+    phase_ax, labels_ax, uncertainty_ax = figure.axes[:3]
+    snapshot = recon.snapshot()
+    np.testing.assert_allclose(phase_ax.images[0].get_array(), np.angle(snapshot.object))
+    np.testing.assert_array_equal(labels_ax.images[0].get_array(), seg.latest.result.labels)
+    assert snapshot.num_frames == 64
+    points = uncertainty_ax.collections[0].get_offsets()
+    assert len(points) == 64
+    np.testing.assert_allclose(points, snapshot.positions[:, ::-1])  # (col, row) on screen
+
+
+def test_a_failing_live_view_does_not_stop_the_scan(RE, catalog, ptycho_beamline, tmp_path):
+    bl = ptycho_beamline
+
+    class Broken:
+        def snapshot(self):
+            raise RuntimeError("no reconstruction here")
+
+        def wait(self, timeout):
+            return True
+
+    view = LiveView(Broken(), directory=tmp_path, interval=0.0)
+    RE.subscribe(view)
+    (uid,) = RE(
+        raster_ptycho_scan([bl.ptycho_det], bl.stage.x, bl.stage.y, -0.1, 0.1, 0, 0, 0.1)
+    )
+    assert view.wait(60)
+    assert catalog.raw[uid].stop["exit_status"] == "success"
+    assert any("no reconstruction here" in error for error in view.errors)
+    assert view.final_path is None
+
+
+def test_bad_interval_is_refused():
+    with pytest.raises(ValueError, match="interval"):
+        LiveView(None, interval=-1)
