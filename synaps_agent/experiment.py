@@ -178,6 +178,7 @@ def run_strategies(
     segmenter: Segmenter | None = None,
     final_epochs: int = 60,
     batch_size: int = 8,
+    agent_options: dict | None = None,
     log=print,
 ) -> dict[str, ScanOutcome]:
     """Scan one region of a phantom with each strategy, live reconstruction and
@@ -249,11 +250,12 @@ def run_strategies(
             agent = make_strategy(
                 strategy,
                 space,
-                AgentConfig(
-                    probe_fwhm=10 * pixel_um,
-                    max_step=1.3 * step,
-                    exposure_time=bl.ptycho_det.exposure_time.get(),
-                ),
+                AgentConfig(**{
+                    "probe_fwhm": 10 * pixel_um,
+                    "max_step": 1.3 * step,
+                    "exposure_time": bl.ptycho_det.exposure_time.get(),
+                    **(agent_options or {}),
+                }),  # fmt: skip
                 stopping=StoppingRule(max_exposures=budget),
                 seed=seed,
             )
