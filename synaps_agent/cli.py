@@ -44,11 +44,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="reproduce the shipped U-Net weights (see `synaps train-segmenter --help`)",
         add_help=False,
     )
+    commands.add_parser(
+        "analysis",
+        help="run reconstruction, segmentation and the agent for a remote RunEngine "
+        "(see `synaps analysis --help`)",
+        add_help=False,
+    )
     argv = list(argv) if argv is not None else sys.argv[1:]
     if argv[:1] == ["train-segmenter"]:
         from .segment.train import main as train_main
 
         return train_main(argv[1:])
+    if argv[:1] == ["analysis"]:
+        from .remote import main as remote_main
+
+        return remote_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run_demo
