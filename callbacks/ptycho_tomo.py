@@ -253,6 +253,7 @@ class PtychoTomoReconstruction(PtychoReconstruction):
 
     def finalize(self) -> None:
         try:
+            self._flush_pending()
             for theta in list(self.engines):
                 if theta not in self.done_angles:
                     self._complete(theta)
