@@ -2,10 +2,20 @@
 
 - :func:`beam_suspender`: a ``bluesky.suspenders.SuspendFloor`` on the beam monitor
   that pauses the scan while the beam is down and resumes when it is back.
+- :func:`prepare_run_engine`: a RunEngine that resumes pauses and suspensions without
+  taking exposures twice, records its interruptions, and pauses between exposures
+  (:func:`checkpoint_each_event`).
 - :class:`BufferedWriter`: a document writer that never blocks the RunEngine; a
   thread writes the documents in order, retries with backoff while the server is
   down, and keeps a write-ahead log so a crash loses nothing
   (:func:`recover_runs` writes what the log holds and the catalog lacks).
+
+Usage::
+
+    prepare_run_engine(RE, beamline.i0)
+    RE.subscribe(catalog.writer(buffered=True))
+    ...
+    catalog.recover()  # after a crash: store what the write-ahead log holds
 """
 
 from __future__ import annotations
