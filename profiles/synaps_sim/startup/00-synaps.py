@@ -11,9 +11,15 @@ Python). It defines
 * ``bl`` and its devices ``stage`` (``stage.x``, ``stage.y``, ``stage.theta``),
   ``shutter``, ``i0``, ``ptycho_det``, ``proj_det``;
 * the plans ``raster_ptycho_scan``, ``spiral_ptycho_scan``, ``tomo_scan``,
-  ``ptycho_tomo_scan``, ``adaptive_ptycho_scan``;
-* live reconstructions ``recon`` (ptychography) and ``tomo`` (tomography), subscribed to
-  ``RE``, writing their results into ``catalog.processed``.
+  ``ptycho_tomo_scan``, ``adaptive_ptycho_scan`` (with ``new_agent_feed()``, an agent
+  fed by ``seg``) and ``raster_positions`` (seed points);
+* live reconstructions ``recon`` (ptychography, feeding the segmentation ``seg``) and
+  ``tomo`` (tomography), subscribed to ``RE``, writing their results into
+  ``catalog.processed``;
+* ``live_view``: the live figure (reconstruction, segmentation, uncertainty, measured
+  points), a window in an interactive session and PNGs in ``$SYNAPS_FIGURES_DIR``
+  (default ``$SYNAPS_DATA_DIR/figures``) every ``$SYNAPS_LIVE_INTERVAL`` s (5) and at
+  the end of each run (``live_view.wait()``, ``live_view.final_path``).
 
 Environment: ``SYNAPS_PHANTOM`` (``P-sparse``, ``P-dense`` or ``T-electrode``),
 ``SYNAPS_PHANTOM_SIZE`` (128), ``SYNAPS_SEED`` (0), ``SYNAPS_TIME_SCALE`` (0: moves and
@@ -31,13 +37,19 @@ from bluesky import RunEngine
 from bluesky.callbacks.best_effort import BestEffortCallback
 from bluesky.utils import ProgressBarManager
 
+from synaps_agent.agent import AgentConfig, Axis, ImagingAgent, ScanSpace, StoppingRule
+from synaps_agent.callbacks.agent_feed import AgentFeed
 from synaps_agent.callbacks.analysis import DocumentSink
+from synaps_agent.callbacks.live_view import LiveView
 from synaps_agent.callbacks.ptycho import PtychoReconstruction
+from synaps_agent.callbacks.segmentation import LiveSegmentation, normalize_reconstruction
 from synaps_agent.callbacks.tomo import TomoReconstruction
 from synaps_agent.catalog import open_catalog
+from synaps_agent.experiment import default_segmenter
 
 # the plans are for the prompt
 from synaps_agent.plans.adaptive import adaptive_ptycho_scan  # noqa: F401
+from synaps_agent.plans.patterns import raster_positions  # noqa: F401
 from synaps_agent.plans.scans import (  # noqa: F401
     ptycho_tomo_scan,
     raster_ptycho_scan,
@@ -136,14 +148,58 @@ ptycho_det = bl.ptycho_det
 proj_det = bl.proj_det
 
 # -- live analysis ---------------------------------------------------------------------
-recon = PtychoReconstruction(DocumentSink(catalog.writer("processed")))
+seg = LiveSegmentation(
+    DocumentSink(catalog.writer("processed")),
+    segmenter=default_segmenter(_seed),
+    preprocess=normalize_reconstruction,
+)
+recon = PtychoReconstruction(DocumentSink(catalog.writer("processed"), seg))
 tomo = TomoReconstruction(DocumentSink(catalog.writer("processed")))
+live_view = LiveView(
+    recon,
+    seg,
+    directory=_Path(_os.environ.get("SYNAPS_FIGURES_DIR") or _data_dir / "figures").resolve(),
+    interval=float(_os.environ.get("SYNAPS_LIVE_INTERVAL", "5")),
+    show=not _no_plots,
+)
 RE.subscribe(recon)
 RE.subscribe(tomo)
+RE.subscribe(live_view)
+
+
+def new_agent_feed(
+    half_width: float | None = None, *, max_exposures: int = 200, seed: int = _seed
+) -> AgentFeed:
+    """A fresh agent, fed by ``seg``, for ``adaptive_ptycho_scan`` over the square
+    ``[-half_width, half_width]`` um (default: the sample less a probe on each side)."""
+    probe_um = ptycho_det.probe_fwhm.get() * 1e6
+    if half_width is None:
+        half_width = bl.sample.image_shape[1] * bl.sample.pixel_size * 1e6 / 2 - probe_um
+    axes = [
+        Axis(name, -half_width, half_width, "um", velocity=motor.velocity.get(),
+             acceleration_time=motor.acceleration.get(), settle_time=motor.settle_time.get())
+        for name, motor in (("x", stage.x), ("y", stage.y))
+    ]  # fmt: skip
+    agent = ImagingAgent(
+        ScanSpace(axes),
+        AgentConfig(
+            probe_fwhm=probe_um,
+            max_step=0.4 * probe_um,
+            exposure_time=ptycho_det.exposure_time.get(),
+        ),
+        stopping=StoppingRule(max_exposures=max_exposures),
+        seed=seed,
+    )
+    return AgentFeed(
+        agent,
+        seg.uncertainty_for_agent,
+        footprint_radius=probe_um / 2,
+        sink=DocumentSink(catalog.writer("processed")),
+    )
 
 
 def _stop_workers() -> None:
-    for analysis in (recon, tomo):
+    for analysis in (recon, seg, tomo):
         analysis.stop_worker(timeout=10)
 
 
@@ -161,7 +217,10 @@ print(
             stage.theta deg), shutter, i0, ptycho_det, proj_det   (all in bl)
   plans     raster_ptycho_scan, spiral_ptycho_scan, tomo_scan, ptycho_tomo_scan,
             adaptive_ptycho_scan
-  live      recon (ptychography), tomo (tomography) -> catalog.processed
+  live      recon (ptychography) -> seg (segmentation), tomo (tomography) -> catalog.processed
+            live_view: figure{"" if _no_plots else " window and"} PNGs in {live_view.directory}
+  agent     RE(adaptive_ptycho_scan([ptycho_det, i0], stage.x, stage.y, new_agent_feed(), \
+raster_positions(-0.4, 0.4, -0.4, 0.4, 0.4), max_exposures=100, shutter=shutter))
   example   RE(raster_ptycho_scan([ptycho_det, i0], stage.x, stage.y, -1, 1, -1, 1, 0.12, \
 shutter=shutter))"""
 )
