@@ -47,6 +47,9 @@ def raster_positions(
     positions : (n, 2) float64 array of (x, y)
     """
     _check_step(step)
+    corners = {"x_start": x_start, "x_stop": x_stop, "y_start": y_start, "y_stop": y_stop}
+    for name, value in corners.items():
+        _check_finite(name, value)
     xs = _axis(x_start, x_stop, step)
     ys = _axis(y_start, y_stop, step)
     rows = []
@@ -119,6 +122,15 @@ def _check_step(step: float) -> None:
         raise ValueError(f"step must be a finite number, got {step!r}")
     if step <= 0:
         raise ValueError(f"step must be positive, got {step}")
+
+
+def _check_finite(name: str, value: float) -> None:
+    try:
+        finite = math.isfinite(value)
+    except TypeError:
+        finite = False
+    if not finite:
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
 def _check_count(num: int) -> None:

@@ -57,6 +57,8 @@ def test_golden_angles_cover_any_prefix_evenly():
     [
         (lambda: raster_positions(0, 1, 0, 1, 0), "step must be positive"),
         (lambda: raster_positions(0, 1, 0, 1, float("nan")), "step must be a finite number"),
+        (lambda: raster_positions(float("nan"), 1, 0, 1, 0.1), "x_start must be a finite"),
+        (lambda: raster_positions(0, 1, 0, float("inf"), 0.1), "y_stop must be a finite"),
         (lambda: fermat_spiral_positions(0, 0, -1, 0.1), "radius must be positive"),
         (lambda: golden_angles(0), "number of angles must be a positive integer"),
     ],
