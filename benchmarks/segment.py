@@ -118,17 +118,18 @@ def reconstruction(
         if path.exists():
             with np.load(path) as f:
                 return {k: f[k] for k in f.files}
-    (rec,) = simulate_scan(
-        family,
-        seed,
-        crop=size,
-        epochs=(epochs,),
-        fluence=fluence,
-        partial="full",
-        native_scale=False,
-        fwhm_px=9.0,
-        beta_probe=0.0,
-    )
+    with torch_threads(1):  # the engine's small batches: 2 threads only spin on a busy box
+        (rec,) = simulate_scan(
+            family,
+            seed,
+            crop=size,
+            epochs=(epochs,),
+            fluence=fluence,
+            partial="full",
+            native_scale=False,
+            fwhm_px=9.0,
+            beta_probe=0.0,
+        )
     out = {
         "image": rec["image"],
         "coverage": rec["coverage"],
@@ -151,17 +152,18 @@ def train_forest(p: dict[str, Any], cache: Path | None, quiet: bool) -> Probabil
             with np.load(path) as f:
                 rec = {k: f[k] for k in f.files}
         else:
-            (rec,) = simulate_scan(
-                family,
-                seed,
-                crop=p["forest_crop"],
-                epochs=(p["epochs"],),
-                fluence=p["fluence"],
-                partial="full",
-                native_scale=not p["smoke"],
-                fwhm_px=9.0,
-                beta_probe=0.0,
-            )
+            with torch_threads(1):
+                (rec,) = simulate_scan(
+                    family,
+                    seed,
+                    crop=p["forest_crop"],
+                    epochs=(p["epochs"],),
+                    fluence=p["fluence"],
+                    partial="full",
+                    native_scale=not p["smoke"],
+                    fwhm_px=9.0,
+                    beta_probe=0.0,
+                )
             rec = {k: rec[k] for k in ("image", "coverage", "labels")}
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -308,8 +310,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=None,
         help="U-Net weights to score instead of the shipped ones (a .json beside them)",
     )
+    parser.add_argument(
+        "--test-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="phantom seeds to score (>= 300; default 300 301, smoke 300)",
+    )
     args = parser.parse_args(argv)
     p = _params(args.smoke)
+    if args.test_seeds:
+        if min(args.test_seeds) < 300:
+            parser.error("test seeds must be >= 300 (100-299 are training and validation)")
+        p["test_seeds"] = list(args.test_seeds)
     cache = None if str(args.cache).lower() == "none" else args.cache
     if cache is not None and args.smoke:
         cache = cache / "smoke"
