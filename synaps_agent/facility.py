@@ -14,8 +14,10 @@ See ``profiles/facility/synaps_facility.toml`` for a commented example.
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import os
+import threading
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,8 @@ __all__ = [
     "SignalRole",
     "connect_roles",
     "load_facility_config",
+    "make_agent_feed",
+    "run_at_exit",
 ]
 
 #: every role the plans need
@@ -473,3 +477,87 @@ def connect_roles(
         devices[role_name] = device
     devices["stage"] = stage
     return devices
+
+
+def make_agent_feed(
+    stage: Any,
+    ptycho_detector: Any,
+    segmentation: Any,
+    *,
+    x_limits: tuple[float, float],
+    y_limits: tuple[float, float],
+    max_exposures: int = 200,
+    sink: Any | None = None,
+    seed: int = 0,
+):
+    """An agent over a rectangle of the stage, fed by a live segmentation, for
+    :func:`~synaps_agent.plans.adaptive.adaptive_ptycho_scan`.
+
+    Parameters
+    ----------
+    stage : FacilityStage or SampleStage
+        ``stage.x`` and ``stage.y`` (motors in um): their ``velocity`` (and
+        ``acceleration``, ``settle_time`` when they have them) set the travel costs.
+    ptycho_detector : device
+        Its ``geometry()`` gives the probe size (``probe.fwhm_m``); its
+        ``exposure_time``, if any, the dwell.
+    segmentation : LiveSegmentation
+        Provides ``uncertainty_for_agent``.
+    x_limits, y_limits : (low, high)
+        The region (um) the agent may measure in.
+    max_exposures : int
+        The agent's budget.
+    sink : callable, optional
+        Receives the decision documents (e.g. ``DocumentSink(catalog.writer("processed"))``).
+    seed : int
+        The agent's seed.
+
+    Returns
+    -------
+    AgentFeed
+    """
+    from .agent import AgentConfig, Axis, ImagingAgent, ScanSpace, StoppingRule
+    from .callbacks.agent_feed import AgentFeed
+
+    def kinematics(motor) -> dict[str, float]:
+        found = {}
+        for key, attribute in (("velocity", "velocity"), ("acceleration_time", "acceleration"),
+                               ("settle_time", "settle_time")):  # fmt: skip
+            signal = getattr(motor, attribute, None)
+            if signal is not None:
+                found[key] = float(signal.get())
+        return found
+
+    probe_um = float(ptycho_detector.geometry()["probe"]["fwhm_m"]) * 1e6
+    exposure = getattr(ptycho_detector, "exposure_time", None)
+    axes = [
+        Axis(name, float(limits[0]), float(limits[1]), "um", **kinematics(motor))
+        for name, motor, limits in (("x", stage.x, x_limits), ("y", stage.y, y_limits))
+    ]
+    agent = ImagingAgent(
+        ScanSpace(axes),
+        AgentConfig(
+            probe_fwhm=probe_um,
+            max_step=0.4 * probe_um,
+            exposure_time=1.0 if exposure is None else float(exposure.get()),
+        ),
+        stopping=StoppingRule(max_exposures=max_exposures),
+        seed=seed,
+    )
+    return AgentFeed(
+        agent, segmentation.uncertainty_for_agent, footprint_radius=probe_um / 2, sink=sink
+    )
+
+
+def run_at_exit(function) -> None:
+    """Run ``function`` when the interpreter exits (profiles: stop workers, close the
+    catalog; the last registered runs first).
+
+    Plain ``atexit`` hooks run only after Python has joined the non-daemon threads, and the
+    embedded Tiled server runs on one, so the hook is also registered with threading's
+    pre-join exit hooks (which would otherwise wait forever for the server thread).
+    """
+    atexit.register(function)
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        register(function)

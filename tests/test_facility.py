@@ -218,3 +218,63 @@ def test_units_disagreeing_with_the_ioc_and_missing_pvs_are_refused(ioc, tmp_pat
     config = load_facility_config(_write(tmp_path, missing))
     with pytest.raises(FacilityConfigError, match=r"roles\.monitor: SYNAPS:nothing did not"):
         connect_roles(config, frames_directory=tmp_path)
+
+
+STARTUP = TEMPLATE.parent / "startup" / "90-synaps-agent.py"
+
+# a facility profile that already has its RunEngine, then our startup file, then a scan
+PROFILE_SESSION = f"""
+from bluesky import RunEngine
+RE = RunEngine({{}}, call_returns_result=False)
+facility_RE = RE
+exec(open({str(STARTUP)!r}).read())
+assert RE is facility_RE, "the startup file replaced the facility's RunEngine"
+(uid,) = RE(raster_ptycho_scan([ptycho_det, i0], stage.x, stage.y, -0.3, 0.3, -0.3, 0.3, 0.3, \
+shutter=shutter))
+assert live_view.wait(120), "the live figure was not finished"
+print("RAW_UID", uid)
+print("ERRORS", len(recon.errors) + len(seg.errors) + len(live_view.errors))
+print("FINAL", live_view.final_path)
+print("X_AFTER", stage.x.user_readback.get())
+"""
+
+
+@pytest.mark.slow
+def test_facility_startup_file_in_a_profile_session(ioc, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNAPS_")}
+    env.update(
+        SYNAPS_DATA_DIR=str(tmp_path / "data"),
+        SYNAPS_FIGURES_DIR=str(tmp_path / "figures"),
+        SYNAPS_LIVE_INTERVAL="1",
+        SYNAPS_FACILITY_CONFIG=str(TEMPLATE),  # exec'd, the file has no __file__ to go by
+        MPLBACKEND="Agg",
+        OMP_NUM_THREADS="1",
+    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", PROFILE_SESSION],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=200,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the profile did not finish (or did not exit):\n{exc.stdout}\n{exc.stderr}")
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "synaps-agent at SYNAPS-EPICS: stage.x=SYNAPS:x (um)" in result.stdout
+    values = dict(line.split(" ", 1) for line in result.stdout.splitlines()
+                  if line.startswith(("RAW_UID", "ERRORS", "FINAL", "X_AFTER")))  # fmt: skip
+    assert values["ERRORS"] == "0", result.stdout
+    assert float(values["X_AFTER"]) == pytest.approx(0.3)  # the last raster point (snake)
+    final = Path(values["FINAL"])
+    assert final.parent == tmp_path / "figures" and final.stat().st_size > 10_000
+
+    from synaps_agent.catalog import open_catalog
+
+    with open_catalog(tmp_path / "data") as catalog:
+        run = catalog.raw[values["RAW_UID"]]
+        assert run.start["beamline_id"] == "SYNAPS-EPICS"
+        assert run.stop["exit_status"] == "success"
+        x = np.asarray(run["primary"]["stage_x"].read())
+        np.testing.assert_allclose(sorted(set(np.round(x, 6))), [-0.3, 0.0, 0.3], atol=1e-6)

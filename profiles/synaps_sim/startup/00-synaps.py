@@ -27,17 +27,14 @@ exposures take no wall time), ``SYNAPS_FRAMES_DIR`` (detector files when the cat
 remote server), ``SYNAPS_HEADLESS`` (1: no plots). See ``profiles/README.md``.
 """
 
-import atexit as _atexit
 import os as _os
 import sys as _sys
-import threading as _threading
 from pathlib import Path as _Path
 
 from bluesky import RunEngine
 from bluesky.callbacks.best_effort import BestEffortCallback
 from bluesky.utils import ProgressBarManager
 
-from synaps_agent.agent import AgentConfig, Axis, ImagingAgent, ScanSpace, StoppingRule
 from synaps_agent.callbacks.agent_feed import AgentFeed
 from synaps_agent.callbacks.analysis import DocumentSink
 from synaps_agent.callbacks.live_view import LiveView
@@ -46,6 +43,7 @@ from synaps_agent.callbacks.segmentation import LiveSegmentation, normalize_reco
 from synaps_agent.callbacks.tomo import TomoReconstruction
 from synaps_agent.catalog import open_catalog
 from synaps_agent.experiment import default_segmenter
+from synaps_agent.facility import make_agent_feed, run_at_exit
 
 # the plans are for the prompt
 from synaps_agent.plans.adaptive import adaptive_ptycho_scan  # noqa: F401
@@ -81,19 +79,6 @@ def _headless() -> bool:
     return False
 
 
-def _at_exit(function) -> None:
-    """Run ``function`` when the interpreter exits.
-
-    Plain ``atexit`` hooks run only after Python has joined the non-daemon threads, and the
-    embedded Tiled server runs on one, so the hook is also registered with threading's
-    pre-join exit hooks (which would otherwise wait forever for the server thread).
-    """
-    _atexit.register(function)
-    register = getattr(_threading, "_register_atexit", None)
-    if register is not None:
-        register(function)
-
-
 # -- the catalog -----------------------------------------------------------------------
 _tiled_uri = _os.environ.get("SYNAPS_TILED_URI") or None
 _data_dir = _Path(_os.environ.get("SYNAPS_DATA_DIR") or "synaps-data").resolve()
@@ -101,7 +86,7 @@ if _tiled_uri:
     catalog = open_catalog(uri=_tiled_uri, api_key=_os.environ.get("SYNAPS_TILED_API_KEY"))
 else:
     catalog = open_catalog(_data_dir)
-_at_exit(catalog.close)  # stops the embedded server (idempotent; a remote one is left alone)
+run_at_exit(catalog.close)  # stops the embedded server (idempotent; a remote one is left alone)
 # a remote server must be able to read this folder (its readable_storage)
 _frames_dir = (
     catalog.frames_directory
@@ -172,29 +157,19 @@ def new_agent_feed(
 ) -> AgentFeed:
     """A fresh agent, fed by ``seg``, for ``adaptive_ptycho_scan`` over the square
     ``[-half_width, half_width]`` um (default: the sample less a probe on each side)."""
-    probe_um = ptycho_det.probe_fwhm.get() * 1e6
     if half_width is None:
-        half_width = bl.sample.image_shape[1] * bl.sample.pixel_size * 1e6 / 2 - probe_um
-    axes = [
-        Axis(name, -half_width, half_width, "um", velocity=motor.velocity.get(),
-             acceleration_time=motor.acceleration.get(), settle_time=motor.settle_time.get())
-        for name, motor in (("x", stage.x), ("y", stage.y))
-    ]  # fmt: skip
-    agent = ImagingAgent(
-        ScanSpace(axes),
-        AgentConfig(
-            probe_fwhm=probe_um,
-            max_step=0.4 * probe_um,
-            exposure_time=ptycho_det.exposure_time.get(),
-        ),
-        stopping=StoppingRule(max_exposures=max_exposures),
-        seed=seed,
-    )
-    return AgentFeed(
-        agent,
-        seg.uncertainty_for_agent,
-        footprint_radius=probe_um / 2,
+        half_width = (
+            bl.sample.image_shape[1] * bl.sample.pixel_size / 2 - ptycho_det.probe_fwhm.get()
+        ) * 1e6
+    return make_agent_feed(
+        stage,
+        ptycho_det,
+        seg,
+        x_limits=(-half_width, half_width),
+        y_limits=(-half_width, half_width),
+        max_exposures=max_exposures,
         sink=DocumentSink(catalog.writer("processed")),
+        seed=seed,
     )
 
 
@@ -203,7 +178,7 @@ def _stop_workers() -> None:
         analysis.stop_worker(timeout=10)
 
 
-_at_exit(_stop_workers)  # runs before the catalog closes (exit hooks run last-in first-out)
+run_at_exit(_stop_workers)  # runs before the catalog closes (exit hooks run last-in first-out)
 
 # -- banner ----------------------------------------------------------------------------
 _x_lo, _x_hi = stage.x.limits
