@@ -313,7 +313,7 @@ class ImagingAgent:
         sur = self.surrogate
         raw = self.candidates(self.gate.measured.points, self.rng)
         n_raw = len(raw)
-        cands = self.gate.filter(raw)
+        cands = self._admissible(raw)
         n_admissible = len(cands)
         cands = self.candidates.subsample(cands, self.rng)
         idx, values, predicted, summary = self._choose(cands, batch_size)
@@ -354,6 +354,18 @@ class ImagingAgent:
                 "latency_s": latency,
             })  # fmt: skip
         return docs, points
+
+    def _admissible(self, raw: np.ndarray) -> np.ndarray:
+        """The gate's admissible candidates among ``raw``, checking only a random
+        ``2 * max_candidates`` of a large set (the gate's cost grows with the set; the
+        scorer keeps ``max_candidates`` anyway) unless too few of those pass."""
+        enough = self.config.max_candidates
+        if len(raw) > 2 * enough:
+            pick = np.sort(self.rng.choice(len(raw), 2 * enough, replace=False))
+            cands = self.gate.filter(raw[pick])
+            if len(cands) >= enough:
+                return cands
+        return self.gate.filter(raw)
 
     def _choose(
         self, cands: np.ndarray, batch_size: int
@@ -544,9 +556,7 @@ class ImagingAgent:
                 stopping=StoppingRule.from_dict(meta["stopping"]),
                 seed=int(meta["seed"]),
             )
-        except ValueError:
-            raise
-        except Exception as exc:  # zip / format errors from a damaged file
+        except Exception as exc:  # zip / format / content errors from a damaged file
             raise ValueError(f"corrupted agent state {base}: {type(exc).__name__}: {exc}") from None
         agent.load_state_dict({"meta": meta, "arrays": arrays})
         return agent
