@@ -645,6 +645,7 @@ def frc_resolution(
     *,
     num_bins: int | None = None,
     window: str | None = "hann",
+    min_ring: int = 2,
 ) -> dict[str, Any]:
     """Resolution where the FRC first falls below the half-bit threshold.
 
@@ -658,6 +659,11 @@ def frc_resolution(
         Number of rings (see :func:`fourier_ring_correlation`).
     window : {"hann", "tukey", None}
         Apodisation against edge artefacts.
+    min_ring : int
+        First ring searched for the crossing (default 2). The lowest rings hold a
+        handful of Fourier pixels next to the (removed) mean and the window's own
+        spectrum, so a dip there (e.g. a slightly different background level of two
+        reconstructions) says nothing about resolution.
 
     Returns
     -------
@@ -669,15 +675,21 @@ def frc_resolution(
     """
     if not np.isfinite(pixel_size) or pixel_size <= 0:
         raise ValueError(f"pixel_size must be a positive number of metres, got {pixel_size}")
+    if int(min_ring) < 1:
+        raise ValueError(f"min_ring must be at least 1, got {min_ring}")
     frequency, frc, counts = _frc(image1, image2, num_bins, window)
     threshold = half_bit_threshold(counts)
     margin = np.where(np.isnan(frc), -1.0, frc - threshold)
-    below = np.nonzero(margin[1:] < 0)[0]
+    first = min(int(min_ring), len(margin) - 1)
+    below = np.nonzero(margin[first:] < 0)[0]
     crossed = below.size > 0
     if crossed:
-        k = int(below[0]) + 1
+        k = int(below[0]) + first
         d0, d1 = margin[k - 1], margin[k]
-        fraction = d0 / (d0 - d1) if d0 > 0 else 0.0
+        if d0 > 0:
+            fraction = d0 / (d0 - d1)
+        else:  # ring 0 (no power) or a low ring below the one searched first that dipped
+            fraction = 1.0 if k > 1 else 0.0
         crossing = frequency[k - 1] + fraction * (frequency[k] - frequency[k - 1])
         crossing = max(float(crossing), float(frequency[1]) / 2)
     else:

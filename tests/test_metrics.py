@@ -274,3 +274,19 @@ def test_bad_input_raises_clear_errors(pair):
         complex_errors(reconstruction, truth, mask=np.zeros(truth.shape, dtype=bool))
     with pytest.raises(ValueError, match="fraction"):
         illuminated_mask(np.ones((4, 4)), fraction=1.5)
+
+
+def test_frc_resolution_ignores_a_dip_in_the_lowest_ring():
+    """Two images with the same detail but opposite large-scale backgrounds."""
+    rng = np.random.default_rng(9)
+    signal = band_limited(rng, 128, cutoff=0.2, width=0.05)
+    yy, xx = np.indices(signal.shape)
+    background = 0.45 * np.cos(2 * np.pi * xx / 128)  # ring 1 (the window spreads it a little)
+    first = signal + background + 0.01 * rng.standard_normal(signal.shape)
+    second = signal - background + 0.01 * rng.standard_normal(signal.shape)
+    result = frc_resolution(first, second, 1.0)
+    assert result["frc"][1] < result["threshold"][1]  # the dip is there
+    assert 1 / 0.3 < result["resolution_m"] < 1 / 0.12  # but the band limit is found
+    assert frc_resolution(first, second, 1.0, min_ring=1)["resolution_m"] > 50
+    with pytest.raises(ValueError, match="min_ring"):
+        frc_resolution(first, second, 1.0, min_ring=0)
