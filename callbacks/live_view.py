@@ -79,6 +79,7 @@ class LiveView:
         self._run_over = False
         self._final_written = threading.Event()
         self._final_written.set()
+        self._superseded = threading.Event()  # a new run started: the old worker stops
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._window = _Window() if show else None
@@ -100,7 +101,13 @@ class LiveView:
             self._fail(f"{name}: {exc!r}")
 
     def _start(self, doc: dict) -> None:
-        self.wait(self.final_timeout)  # the previous run's final figure
+        if self._thread is not None and self._thread.is_alive():
+            # the analyses now follow the new run: the old figure cannot be finished
+            with self._wake:
+                self._superseded.set()
+                self._wake.notify()
+            self._thread.join(timeout=30)
+        self._superseded.clear()
         with self._wake:
             self.uid = doc["uid"]
             self.updates = 0
@@ -120,7 +127,8 @@ class LiveView:
             self._window.request(self)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the current run's final figure is written; True if it was."""
+        """Block until the current run's final figure is written (or given up, when a new
+        run started first); True if that happened within ``timeout``."""
         return self._final_written.wait(timeout)
 
     # -- the worker --------------------------------------------------------------------
@@ -129,8 +137,10 @@ class LiveView:
         try:
             while True:
                 with self._wake:
-                    while not (self._stale or self._run_over):
+                    while not (self._stale or self._run_over or self._superseded.is_set()):
                         self._wake.wait()
+                    if self._superseded.is_set():
+                        return
                     run_over = self._run_over
                     if not run_over:
                         delay = last + self.interval - time.monotonic()
@@ -142,9 +152,14 @@ class LiveView:
                     break
                 self._save(final=False)
                 last = time.monotonic()
+            deadline = time.monotonic() + self.final_timeout
             for analysis in (self.reconstruction, self.segmentation):
-                if analysis is not None and not analysis.wait(self.final_timeout):
-                    self._fail(f"{type(analysis).__name__} did not finish in time")
+                while analysis is not None and not analysis.wait(0.5):
+                    if self._superseded.is_set():
+                        return
+                    if time.monotonic() > deadline:
+                        self._fail(f"{type(analysis).__name__} did not finish in time")
+                        break
             self._save(final=True)
         except Exception as exc:  # noqa: BLE001 - reported, never raised into the scan
             self._fail(f"render: {exc!r}")

@@ -523,9 +523,9 @@ def make_agent_feed(
         found = {}
         for key, attribute in (("velocity", "velocity"), ("acceleration_time", "acceleration"),
                                ("settle_time", "settle_time")):  # fmt: skip
-            signal = getattr(motor, attribute, None)
-            if signal is not None:
-                found[key] = float(signal.get())
+            value = getattr(motor, attribute, None)  # a signal, or (ophyd's settle_time)
+            if value is not None:  # a plain number
+                found[key] = float(value.get() if hasattr(value, "get") else value)
         return found
 
     probe_um = float(ptycho_detector.geometry()["probe"]["fwhm_m"]) * 1e6

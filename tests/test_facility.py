@@ -236,6 +236,10 @@ print("RAW_UID", uid)
 print("ERRORS", len(recon.errors) + len(seg.errors) + len(live_view.errors))
 print("FINAL", live_view.final_path)
 print("X_AFTER", stage.x.user_readback.get())
+(adaptive_uid,) = RE(adaptive_ptycho_scan([ptycho_det, i0], stage.x, stage.y, \
+new_agent_feed((-0.5, 0.5), (-0.5, 0.5), max_exposures=20), \
+raster_positions(-0.4, 0.4, -0.4, 0.4, 0.4), batch_size=5, max_exposures=20, shutter=shutter))
+print("ADAPTIVE_UID", adaptive_uid)
 """
 
 
@@ -263,8 +267,9 @@ def test_facility_startup_file_in_a_profile_session(ioc, tmp_path):
         pytest.fail(f"the profile did not finish (or did not exit):\n{exc.stdout}\n{exc.stderr}")
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     assert "synaps-agent at SYNAPS-EPICS: stage.x=SYNAPS:x (um)" in result.stdout
+    keys = ("RAW_UID", "ERRORS", "FINAL", "X_AFTER", "ADAPTIVE_UID")
     values = dict(line.split(" ", 1) for line in result.stdout.splitlines()
-                  if line.startswith(("RAW_UID", "ERRORS", "FINAL", "X_AFTER")))  # fmt: skip
+                  if line.startswith(keys))  # fmt: skip
     assert values["ERRORS"] == "0", result.stdout
     assert float(values["X_AFTER"]) == pytest.approx(0.3)  # the last raster point (snake)
     final = Path(values["FINAL"])
@@ -278,3 +283,11 @@ def test_facility_startup_file_in_a_profile_session(ioc, tmp_path):
         assert run.stop["exit_status"] == "success"
         x = np.asarray(run["primary"]["stage_x"].read())
         np.testing.assert_allclose(sorted(set(np.round(x, 6))), [-0.3, 0.0, 0.3], atol=1e-6)
+        # the agent drove the EPICS motors, inside the region it was given
+        adaptive = catalog.raw[values["ADAPTIVE_UID"]]
+        assert adaptive.stop["exit_status"] == "success"
+        assert "exposure budget" in adaptive.stop["reason"]
+        points = np.column_stack([np.asarray(adaptive["primary"][f"stage_{axis}"].read())
+                                  for axis in "xy"])  # fmt: skip
+        assert 9 < len(points) <= 20
+        assert np.all(np.abs(points) <= 0.5 + 1e-6)

@@ -4,6 +4,8 @@ and the final one once the analyses finish."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from matplotlib.image import imread
@@ -56,7 +58,8 @@ def test_live_view_writes_the_reconstruction_as_it_grows(
         snapshot_interval=0.5,
         final_epochs=40,
     )
-    view = LiveView(recon, seg, directory=tmp_path, interval=0.0, keep_history=True)
+    # show=True: the window too (drawn with pyplot; Agg here, so nothing appears)
+    view = LiveView(recon, seg, directory=tmp_path, interval=0.0, keep_history=True, show=True)
     RE.subscribe(recon)
     RE.subscribe(view)
     (uid,) = RE(
@@ -89,6 +92,14 @@ def test_live_view_writes_the_reconstruction_as_it_grows(
     assert len(points) == 64
     np.testing.assert_allclose(points, snapshot.positions[:, ::-1])  # (col, row) on screen
 
+    import matplotlib.pyplot as plt
+
+    window = plt.figure("synaps live view")  # the window's figure, found by its label
+    try:
+        assert len(window.axes) >= 3 and window.axes[0].images, "the window was not drawn"
+    finally:
+        plt.close(window)
+
 
 def test_a_failing_live_view_does_not_stop_the_scan(RE, catalog, ptycho_beamline, tmp_path):
     bl = ptycho_beamline
@@ -109,6 +120,32 @@ def test_a_failing_live_view_does_not_stop_the_scan(RE, catalog, ptycho_beamline
     assert catalog.raw[uid].stop["exit_status"] == "success"
     assert any("no reconstruction here" in error for error in view.errors)
     assert view.final_path is None
+
+
+def test_a_new_run_does_not_wait_for_the_previous_figure(RE, ptycho_beamline, tmp_path):
+    bl = ptycho_beamline
+
+    class NeverFinishes:
+        """An analysis still busy with the previous run when the next one starts."""
+
+        def snapshot(self):
+            return None
+
+        def wait(self, timeout):
+            time.sleep(min(timeout, 0.05))
+            return False
+
+    view = LiveView(NeverFinishes(), directory=tmp_path, interval=0.0, final_timeout=60)
+    RE.subscribe(view)
+    plan = [bl.ptycho_det], bl.stage.x, bl.stage.y, -0.1, 0.1, 0, 0, 0.1
+    (first,) = RE(raster_ptycho_scan(*plan))
+    worker = view._thread
+    (second,) = RE(raster_ptycho_scan(*plan))
+    # the first run's figure was given up at once (not after final_timeout, which would
+    # have recorded "did not finish in time"), and the view follows the second run
+    assert not worker.is_alive()
+    assert view.uid == second != first
+    assert view.errors == [] and view.final_path is None
 
 
 def test_bad_interval_is_refused():
