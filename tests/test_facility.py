@@ -291,3 +291,30 @@ def test_facility_startup_file_in_a_profile_session(ioc, tmp_path):
                                   for axis in "xy"])  # fmt: skip
         assert 9 < len(points) <= 20
         assert np.all(np.abs(points) <= 0.5 + 1e-6)
+
+
+@pytest.mark.slow
+def test_facility_profile_under_ipython_finds_its_file(ioc, tmp_path):
+    """The documented layout: the startup file in a profile's startup/, the TOML in the
+    profile folder, no SYNAPS_FACILITY_CONFIG."""
+    pytest.importorskip("IPython")
+    profile = tmp_path / "profile_beamline"
+    (profile / "startup").mkdir(parents=True)
+    (profile / "startup" / STARTUP.name).write_text(STARTUP.read_text())
+    (profile / TEMPLATE.name).write_text(TEMPLATE.read_text())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNAPS_")}
+    env.update(
+        SYNAPS_DATA_DIR=str(tmp_path / "data"),
+        MPLBACKEND="Agg",
+        OMP_NUM_THREADS="1",
+        IPYTHONDIR=str(tmp_path / "ipython"),
+    )
+    commands = "print('SOURCE', facility.source); print('LIMITS', stage.y.limits)"
+    result = subprocess.run(
+        [sys.executable, "-m", "IPython", f"--profile-dir={profile}",
+         "--HistoryManager.enabled=False", "--colors=nocolor", "-c", commands],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=200,
+    )  # fmt: skip
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert f"SOURCE {profile / TEMPLATE.name}" in result.stdout, result.stdout
+    assert "LIMITS (-20.0, 20.0)" in result.stdout, result.stdout
