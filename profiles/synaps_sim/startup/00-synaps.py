@@ -7,7 +7,9 @@ Python). It defines
   at ``$SYNAPS_TILED_URI`` (API key ``$SYNAPS_TILED_API_KEY``), else the embedded
   catalog in ``$SYNAPS_DATA_DIR`` (default ``./synaps-data``); closed at exit;
 * ``RE``: a bluesky RunEngine writing every run into ``catalog.raw``, with a progress bar
-  (in a terminal) and the BestEffortCallback ``bec`` (no plots when headless);
+  (in a terminal) and the BestEffortCallback ``bec`` (no plots when headless), prepared
+  by ``synaps_agent.reliability.prepare_run_engine``: ``beam_suspender`` holds the scan
+  while I0 is down, a pause resumes without repeating exposures;
 * ``bl`` and its devices ``stage`` (``stage.x``, ``stage.y``, ``stage.theta``),
   ``shutter``, ``i0``, ``ptycho_det``, ``proj_det``;
 * the plans ``raster_ptycho_scan``, ``spiral_ptycho_scan``, ``tomo_scan``,
@@ -54,6 +56,7 @@ from synaps_agent.plans.scans import (  # noqa: F401
     spiral_ptycho_scan,
     tomo_scan,
 )
+from synaps_agent.reliability import prepare_run_engine
 from synaps_agent.sim_devices.beamline import make_sim_beamline
 from synaps_agent.sim_devices.phantoms import make_phantom
 
@@ -131,6 +134,9 @@ shutter = bl.shutter
 i0 = bl.i0
 ptycho_det = bl.ptycho_det
 proj_det = bl.proj_det
+# beam dumps suspend the scan until I0 is back; a pause (Ctrl-C) stops between two
+# exposures and resumes where it stopped (no replayed exposures); interruptions are stored
+beam_suspender = prepare_run_engine(RE, i0)
 
 # -- live analysis ---------------------------------------------------------------------
 seg = LiveSegmentation(
