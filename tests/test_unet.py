@@ -175,3 +175,33 @@ def test_smoke_training_end_to_end(tmp_path, heldout):
     seg = load_segmenter(out)
     res = seg.segment(heldout["image"][:40, :40], heldout["coverage"][:40, :40])
     np.testing.assert_allclose(res.probabilities.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_fast_head_samples_equal_channel_dropout_of_the_head():
+    """The head's MC samples with the dropout masks folded into the 1x1 weights are the
+    head applied to channel-dropped features (the same masks drawn explicitly here)."""
+    from torch.nn import functional as F  # noqa: N812
+
+    from synaps_agent.segment.unet import _head_samples
+
+    model = UNet(head_dropout=0.3).eval()
+    feats = torch.randn(2, 16, 12, 10)
+    k = 5
+    torch.manual_seed(7)
+    fast = _head_samples(model.head, feats, k)
+    torch.manual_seed(7)
+    keep1 = (torch.rand(k, 16) >= 0.3).float() / 0.7
+    keep2 = (torch.rand(k, 32) >= 0.3).float() / 0.7
+    _, conv1, _, _, conv2 = model.head
+    ref = []
+    for s in range(k):
+        hidden = F.relu(conv1(feats * keep1[s][None, :, None, None]))
+        ref.append(conv2(hidden * keep2[s][None, :, None, None]))
+    ref = torch.cat(ref)  # (k * B, C, H, W), sample index outermost
+    assert fast.shape == ref.shape == (k * 2, 4, 12, 10)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    # without dropout every sample is the deterministic head
+    plain = UNet(head_dropout=0.0).eval()
+    torch.testing.assert_close(
+        _head_samples(plain.head, feats, 3), plain.head(feats).repeat(3, 1, 1, 1)
+    )
