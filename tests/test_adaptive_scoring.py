@@ -1,0 +1,78 @@
+"""Fair scoring of a scan: its stored frames reconstructed offline with one fixed engine.
+
+The live IoU depends on how far the live reconstruction got (the machine's load); the
+fair IoU depends only on the stored frames, so it is reproducible and comparable across
+strategies at equal budgets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from synaps_agent.experiment import (
+    OfflineScoring,
+    default_segmenter,
+    offline_iou_curve,
+    run_strategies,
+)
+from synaps_agent.sim_devices.phantoms import make_phantom
+
+SIZE, SEED, CASE = 56, 430, "P-sparse"
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    return default_segmenter()
+
+
+@pytest.fixture(scope="module")
+def scanned(catalog, segmenter):
+    """A raster and a random scan of the same region, fairly scored with 40 epochs."""
+    scoring = OfflineScoring(epochs=40)
+    outcomes = run_strategies(
+        catalog, ("raster", "random"), case=CASE, size=SIZE, seed=SEED, final_epochs=5,
+        segmenter=segmenter, scoring=scoring, log=lambda *a: None,
+    )  # fmt: skip
+    return outcomes, scoring
+
+
+def _roi():
+    half = SIZE / 2 - 12
+    return (slice(int(SIZE / 2 - half), int(SIZE / 2 + half)),) * 2
+
+
+@pytest.mark.slow
+def test_fair_curve_is_reproducible_and_tracks_coverage(catalog, segmenter, scanned):
+    outcomes, scoring = scanned
+    raster, random = outcomes["raster"], outcomes["random"]
+    phantom = make_phantom(CASE, SEED, size=SIZE)
+    budgets = [n for n, _ in raster.fair_curve]
+    # seeds, 25 %, 50 % (the adaptive budget) and all of raster's exposures
+    assert budgets == sorted(budgets) and budgets[-1] == raster.exposures == 121
+    assert [n for n, _ in random.fair_curve][-1] == random.exposures == 60
+    # same frames, same engine -> the same numbers, to the last digit
+    again = offline_iou_curve(catalog, raster.raw_uid, phantom, _roi(), segmenter, budgets, scoring)
+    assert again == raster.fair_curve
+    # against ground truth: the full raster segments the region well; a quarter of the
+    # raster (its first rows) leaves most of the region unmeasured and scores far lower
+    ious = dict(raster.fair_curve)
+    assert ious[raster.exposures] > 0.6
+    assert ious[raster.exposures] > ious[raster.exposures // 4] + 0.2
+    # the final IoU is the fair one; the live one is kept
+    assert raster.final_iou == ious[raster.exposures]
+    assert 0.0 < raster.live_final_iou <= 1.0
+    # the fair time curve: one point per budget, on the simulated clock
+    assert len(raster.time_curve()) == len(raster.fair_curve)
+
+
+@pytest.mark.slow
+def test_fair_curve_refuses_bad_input(catalog, segmenter, scanned):
+    outcomes, _ = scanned
+    phantom = make_phantom(CASE, SEED, size=SIZE)
+    uid = outcomes["raster"].raw_uid
+    with pytest.raises(ValueError, match="budgets"):
+        offline_iou_curve(catalog, uid, phantom, _roi(), segmenter, [0, 10])
+    with pytest.raises(ValueError, match="epochs"):
+        OfflineScoring(epochs=0)
+    assert np.isfinite(outcomes["random"].final_iou)
