@@ -448,14 +448,22 @@ def test_volume_segmentation_of_a_live_tomography(
 
     # against the ground truth, inside the cylinder. At 25 keV carbon-binder barely
     # attenuates more than pore: solid (active + secondary) vs the rest is what X-ray
-    # tomography sees. Measured: solid/non-solid accuracy 0.93, solid fraction 0.38 vs
+    # tomography sees. Measured: solid/non-solid accuracy 0.91, solid fraction 0.38 vs
     # 0.39 true; 80 particles vs 128 found the same way in the true labels (neighbours
-    # 2-6 voxels across merge in the blurred 32^3 FBP), median diameter 6.0 vs 5.0 voxels.
+    # 2-6 voxels across merge in the blurred 32^3 FBP), median diameter 6.2 vs 5.0 voxels.
     solid_pred = latest.labels >= 2
     solid_true = truth >= 2
-    assert (solid_pred == solid_true)[measured].mean() >= 0.88
     summary = latest.summary
     true_summary, _ = measured_summary(truth, measured, 1.0, **SMALL_PARTICLES)
+    accuracy = (solid_pred == solid_true)[measured].mean()
+    print(
+        f"solid accuracy {accuracy:.3f}, solid fraction {summary['solid_fraction']:.3f} vs "
+        f"{true_summary['solid_fraction']:.3f}, count {summary['count']} vs "
+        f"{true_summary['count']}, median diameter "
+        f"{summary['median_diameter_m'] / summary['pixel_size_m']:.2f} vs "
+        f"{true_summary['median_diameter_m']:.2f} voxels"
+    )
+    assert accuracy >= 0.88
     assert summary["solid_fraction"] == pytest.approx(true_summary["solid_fraction"], abs=0.04)
     assert summary["count"] == pytest.approx(true_summary["count"], rel=0.45)
     voxel = float(summary["pixel_size_m"])
