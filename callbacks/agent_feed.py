@@ -129,6 +129,8 @@ class AgentFeed:
         self.decisions = 0
         self.told = 0
         self.untold = 0  # measured before the first map: no gain to learn from
+        #: (point, reason) of every exposure taken again because it saw no beam
+        self.remeasurements: list[tuple[np.ndarray, str]] = []
         self._pending: list[_Pending] = []
         self._last_map: object | None = None  # kept alive, so `is` cannot be fooled
         self._version = 0
@@ -273,6 +275,14 @@ class AgentFeed:
             self.analysis.event(
                 "failures", {"point": np.asarray(point, dtype=float), "reason": reason}
             )
+
+    def remeasured(self, point, reason: str) -> None:
+        """The exposure at ``point`` saw no beam and was taken again: recorded in
+        :attr:`remeasurements` and in the decisions' run (stream ``remeasurements``)."""
+        point = np.asarray(point, dtype=float)
+        self.remeasurements.append((point, reason))
+        if self.analysis is not None:
+            self.analysis.event("remeasurements", {"point": point, "reason": reason})
 
     def ask(self, batch_size: int) -> np.ndarray:
         """The next points (travel-ordered), after taking the newest map into account."""

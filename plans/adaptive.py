@@ -7,8 +7,9 @@ The plan asks an :class:`~synaps_agent.callbacks.agent_feed.AgentFeed` (an agent
 to the live segmentation) for a batch of points, moves and exposes at each, tells the
 feed what was measured, and repeats until the agent's stopping rule or the exposure
 budget ends the run. Moves that fail (limits, a motor fault) are recorded and the point
-is never proposed again; the scan goes on. One run per scan; the stop document's reason
-says why it stopped.
+is never proposed again; the scan goes on. With an incident-intensity ``monitor``, an
+exposure during which it read 0 (beam dump, closed shutter) is taken again once, in
+place, and recorded. One run per scan; the stop document's reason says why it stopped.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ophyd.utils.errors import LimitError
 
 from .metadata import scan_metadata
 from .scans import _as_positions, _check_detectors, _with_shutter
-from .stubs import check_within_limits, move_and_expose
+from .stubs import check_within_limits, expose, move_and_expose
 
 __all__ = [
     "adaptive_ptycho_scan",
@@ -42,6 +43,20 @@ def _limits(motor: Movable) -> list[float]:
     return [float(low), float(high)]
 
 
+def _monitor_key(monitor: Readable) -> str:
+    """The data key of an incident-intensity monitor's reading (its one described field,
+    or the field named like it)."""
+    keys = list(monitor.describe())
+    name = getattr(monitor, "name", "")
+    if len(keys) == 1:
+        return keys[0]
+    if name in keys:
+        return name
+    raise ValueError(
+        f"monitor {name!r} must read one intensity field (or one named {name!r}), got {keys}"
+    )
+
+
 def adaptive_scan(
     detectors: Sequence[Readable],
     motors: Sequence[Movable],
@@ -55,6 +70,7 @@ def adaptive_scan(
     max_exposures: int,
     shutter: Movable | None,
     md: dict | None,
+    monitor: Readable | None = None,
 ) -> Plan:
     """The loop every adaptive scan shares: seeds, then ask / move / expose / tell.
 
@@ -63,12 +79,21 @@ def adaptive_scan(
     resumed scan) are skipped. The scan ends by the agent's stopping rule, the plan's
     exposure budget, or when no admissible point is left; the stop document says which.
 
+    With ``monitor`` (an I0 monitor, read with every exposure if it is not one of the
+    detectors), an exposure during which it read 0 is taken again once at the same
+    point (the feed's ``remeasured`` records it); the budget counts points exposed, so the
+    retake is not charged. If the retake reads 0 too, the point is left unmeasured for
+    the agent to choose again (and still charged: a beam that stays down ends the scan
+    at its budget).
+
     Yields
     ------
     Msg
         One run: the seed exposures, then per decision a batch of moves and exposures.
     """
     detectors = _check_detectors(detectors)
+    monitor_key = None if monitor is None else _monitor_key(monitor)
+    extra = [] if monitor is None or monitor in detectors else [monitor]
     seeds = np.asarray(seed_points, dtype=float)
     if seeds.ndim != 2 or seeds.shape[1] != len(motors) or len(seeds) == 0:
         raise ValueError(
@@ -100,9 +125,25 @@ def adaptive_scan(
         md=md,
     )
 
+    def beam_was_off(readings: dict | None) -> bool:
+        if monitor_key is None or not readings or monitor_key not in readings:
+            return False
+        return not float(readings[monitor_key]["value"]) > 0
+
     def expose_at(point: np.ndarray) -> Generator[Msg, Any, bool]:
+        moves = dict(zip(motors, map(float, point), strict=True))
         try:
-            yield from move_and_expose(detectors, dict(zip(motors, map(float, point), strict=True)))
+            readings = yield from move_and_expose(detectors, moves, extra=extra)
+            if beam_was_off(readings):
+                retake = yield from expose(detectors, [*motors, *extra])
+                beam_back = not beam_was_off(retake)
+                getattr(feed, "remeasured", lambda *a: None)(
+                    point,
+                    f"{monitor_key} read 0 (beam dump?): exposure taken again, "
+                    + ("beam back" if beam_back else "still no beam; point left unmeasured"),
+                )
+                if not beam_back:
+                    return True  # exposed (and charged to the budget), not measured
         except (LimitError, FailedStatus, ValueError) as exc:
             feed.failed(point, f"{type(exc).__name__}: {exc}")
             return False
@@ -151,6 +192,7 @@ def adaptive_ptycho_scan(
     max_exposures: int = 500,
     shutter: Movable | None = None,
     md: dict | None = None,
+    monitor: Readable | None = None,
 ) -> Plan:
     """Ptychography where the agent picks the positions.
 
@@ -173,6 +215,9 @@ def adaptive_ptycho_scan(
         Hard budget (the agent's own stopping rule may end the scan earlier).
     shutter : movable, optional
         Opened for the scan, closed at the end.
+    monitor : readable, optional
+        Incident-intensity monitor (e.g. the beamline's ``i0``): an exposure during which
+        it read 0 is taken again once (see :func:`adaptive_scan`).
 
     Yields
     ------
@@ -188,6 +233,7 @@ def adaptive_ptycho_scan(
             modality="ptychography", plan_name="adaptive_ptycho_scan",
             pattern={"x_limits": list(x_limits), "y_limits": list(y_limits)},
             batch_size=batch_size, max_exposures=max_exposures, shutter=shutter, md=md,
+            monitor=monitor,
         )
     )  # fmt: skip
 
@@ -202,6 +248,7 @@ def adaptive_tomo_scan(
     max_exposures: int = 180,
     shutter: Movable | None = None,
     md: dict | None = None,
+    monitor: Readable | None = None,
 ) -> Plan:
     """Tomography where the agent picks the rotation angles.
 
@@ -220,7 +267,7 @@ def adaptive_tomo_scan(
         The agent (a space with the single axis theta) and the live uncertainty.
     seed_angles : sequence of float
         First angles (a coarse uniform set), skipped when already measured.
-    batch_size, max_exposures, shutter, md
+    batch_size, max_exposures, shutter, md, monitor
         As in :func:`adaptive_ptycho_scan`.
 
     Yields
@@ -235,6 +282,7 @@ def adaptive_tomo_scan(
             modality="tomography", plan_name="adaptive_tomo_scan",
             pattern={"theta_limits": _limits(theta_motor)},
             batch_size=batch_size, max_exposures=max_exposures, shutter=shutter, md=md,
+            monitor=monitor,
         )
     )  # fmt: skip
 
@@ -251,6 +299,7 @@ def adaptive_ptycho_tomo_scan(
     max_exposures: int = 2000,
     shutter: Movable | None = None,
     md: dict | None = None,
+    monitor: Readable | None = None,
 ) -> Plan:
     """Ptycho-tomography where the agent picks (x, y, theta) together.
 
@@ -264,7 +313,7 @@ def adaptive_ptycho_tomo_scan(
         The agent over (x, y, theta) and the live uncertainty.
     seed_positions : (n, 3) sequence
         First (x, y, theta) points, skipped when already measured.
-    batch_size, max_exposures, shutter, md
+    batch_size, max_exposures, shutter, md, monitor
         As in :func:`adaptive_ptycho_scan`.
 
     Yields
@@ -280,5 +329,6 @@ def adaptive_ptycho_tomo_scan(
             pattern={"x_limits": list(region[0]), "y_limits": list(region[1]),
                      "theta_limits": _limits(theta_motor)},
             batch_size=batch_size, max_exposures=max_exposures, shutter=shutter, md=md,
+            monitor=monitor,
         )
     )  # fmt: skip
