@@ -193,6 +193,7 @@ def plot(figures: dict[str, Any], images: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     keys = list(images)
+    grey = matplotlib.colormaps["gray"].with_extremes(bad="lightsteelblue")  # not evaluated
     fig, grid = plt.subplots(len(keys), 3, figsize=(13, 4.3 * len(keys)), squeeze=False)
     for row, key in zip(grid, keys, strict=True):
         case, algorithm = key
@@ -200,11 +201,11 @@ def plot(figures: dict[str, Any], images: dict[str, Any], path: Path) -> Path:
         result = figures["cases"][case][algorithm]
         phase_t = np.angle(shown["truth"])
         vmin, vmax = np.percentile(phase_t[shown["mask"]], [1, 99])
-        row[0].imshow(np.where(shown["mask"], phase_t, np.nan), cmap="gray", vmin=vmin, vmax=vmax)
+        row[0].imshow(np.where(shown["mask"], phase_t, np.nan), cmap=grey, vmin=vmin, vmax=vmax)
         row[0].set_title(f"{case} truth phase (evaluated pixels)")
         for ax, label, title in ((row[1], "ours", "ours"), (row[2], "ptychi", "pty-chi")):
             phase = np.where(shown["mask"], np.angle(shown[label]), np.nan)
-            ax.imshow(phase, cmap="gray", vmin=vmin, vmax=vmax)
+            ax.imshow(phase, cmap=grey, vmin=vmin, vmax=vmax)
             r = result[label]
             ax.set_title(
                 f"{title} {algorithm}: {r['phase_rmse']:.3f} rad, "
