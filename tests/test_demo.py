@@ -33,6 +33,9 @@ def test_demo_end_to_end(tmp_path):
     # both strategies were segmented and scored against ground truth as they went
     assert len(raster["iou_curve"]) >= 2 and len(agent["iou_curve"]) >= 2
     assert 0.3 < raster["final_mean_iou"] <= 1.0 and 0.3 < agent["final_mean_iou"] <= 1.0
+    # and fairly: their stored frames reconstructed offline, up to all their exposures
+    for info in (raster, agent):
+        assert info["fair_iou_curve"][-1] == [info["exposures"], info["final_mean_iou"]]
     # everything is in the catalog the summary names
     with open_catalog(summary["catalog_directory"]) as catalog:
         for info in (raster, agent, summary["runs"]["ptychography"], summary["runs"]["tomography"]):
