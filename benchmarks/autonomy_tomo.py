@@ -23,7 +23,12 @@ secondary phase, which X-rays at 25 keV tell from pore and carbon-binder) segmen
 one fixed threshold (halfway between the true mean attenuations of binder and active
 material) against the phantom's labels. Each budget is its own scan.
 
-Headline: for each strategy, the fewest angles (of the budgets run) at which the
+Every budget is run twice: with the full-angle scan's exposure per projection (half the
+angles, half the dose), and with the full-angle scan's total dose (longer exposures).
+The adaptive scan's agent may not pick a view within ``min_spacing`` of the uniform
+spacing of a measured one (its duplicate tolerance).
+
+Headline: for each strategy and dose, the fewest angles (of the budgets run) at which the
 relative error is within ``tolerance`` (relative) of the full-angle reference, as a
 fraction of ``N``; the same with IoU within 0.02.
 
@@ -55,6 +60,8 @@ from synaps_agent.sim_devices.phantoms import make_phantom
 NAME = "autonomy_tomo"
 SEEDS = {"phantom": 11, "beamline": 11, "agent": 11}  # outside the development seeds 0-9
 STRATEGIES = ("uniform", "golden", "adaptive")
+#: per-projection exposure as in the full-angle scan, or the full-angle scan's total dose
+DOSES = ("exposure", "total")
 IOU_TOLERANCE = 0.02
 
 
@@ -72,20 +79,22 @@ def _params(smoke: bool) -> dict[str, Any]:
             "uncertainty_slab": 4,
             "tolerance": 0.05,
             "min_spacing": 0.5,
+            "doses": ["exposure", "total"],
             "torch_threads": 1,
         }
     return {
         "smoke": False,
-        "size": 64,
-        "num_angles": 128,
+        "size": 128,
+        "num_angles": 360,
         "fractions": [0.125, 0.25, 0.375, 0.5, 0.75],
         "photons_per_pixel": 1e4,
         "num_flats": 10,
         "seed_angles": 8,
         "batch_size": 4,
-        "uncertainty_slab": 8,
+        "uncertainty_slab": 16,
         "tolerance": 0.05,
         "min_spacing": 0.5,
+        "doses": ["exposure", "total"],
         "torch_threads": 1,
     }
 
@@ -180,15 +189,25 @@ def _live_uncertainty(
 
 
 def run_strategy(
-    strategy: str, budget: int, p: dict[str, Any], frames_dir: Path
+    strategy: str,
+    budget: int,
+    p: dict[str, Any],
+    frames_dir: Path,
+    dose: str = "exposure",
 ) -> dict[str, Any]:
-    """One scan of ``budget`` angles; its final reconstruction scored against the truth."""
+    """One scan of ``budget`` angles; its final reconstruction scored against the truth.
+
+    ``dose="exposure"``: every projection gets ``photons_per_pixel``; ``"total"``: each
+    gets ``photons_per_pixel * num_angles / budget`` (longer exposures), so the scan
+    deposits the full-angle scan's dose.
+    """
     from bluesky import RunEngine
 
+    if dose not in DOSES:
+        raise ValueError(f"unknown dose {dose!r}; expected one of {DOSES}")
+    photons = p["photons_per_pixel"] * (p["num_angles"] / budget if dose == "total" else 1.0)
     phantom = make_phantom("T-electrode", SEEDS["phantom"], size=p["size"])
-    bl = make_sim_beamline(
-        phantom, frames_dir, seed=SEEDS["beamline"], photons_per_pixel=p["photons_per_pixel"]
-    )
+    bl = make_sim_beamline(phantom, frames_dir, seed=SEEDS["beamline"], photons_per_pixel=photons)
     truth = Truth(bl)
     recon = TomoReconstruction(snapshot_interval=0.0)
     recorder = _Angles(bl.stage.theta.name)
@@ -214,6 +233,8 @@ def run_strategy(
     seconds = time.perf_counter() - t0
     return {
         "strategy": strategy,
+        "dose": dose,
+        "photons_per_pixel": photons,
         "angles": len(recorder.angles),
         "budget": budget,
         "seconds": seconds,
@@ -302,18 +323,25 @@ def _adaptive(
 def fewest_angles(
     rows: list[dict[str, Any]], reference: dict[str, Any], tolerance: float
 ) -> dict[str, dict[str, Any]]:
-    """Per strategy, the fewest angles whose relative error is within ``tolerance``
-    (relative) of the reference's, and whose solid IoU is within ``IOU_TOLERANCE``
-    (``None``: no budget run reached it)."""
+    """Per strategy and dose (key ``"STRATEGY, same DOSE"``), the fewest angles below the
+    reference's whose relative error is within ``tolerance`` (relative) of the
+    reference's, and whose solid IoU is within ``IOU_TOLERANCE`` (``None``: no budget
+    run reached it)."""
     out: dict[str, dict[str, Any]] = {}
-    for strategy in STRATEGIES:
-        own = sorted((r for r in rows if r["strategy"] == strategy), key=lambda r: r["angles"])
+    for strategy, dose in ((s, d) for d in DOSES for s in STRATEGIES):
+        own = sorted(
+            (r for r in rows if r["strategy"] == strategy and r.get("dose", "exposure") == dose
+             and r is not reference),
+            key=lambda r: r["angles"],
+        )  # fmt: skip
+        if not own:
+            continue
         hit_err = [r["angles"] for r in own
                    if r["rel_error"] <= reference["rel_error"] * (1.0 + tolerance)]  # fmt: skip
         hit_iou = [r["angles"] for r in own
                    if r["solid_iou"] >= reference["solid_iou"] - IOU_TOLERANCE]  # fmt: skip
         n = reference["angles"]
-        out[strategy] = {
+        out[f"{strategy}, same {dose}"] = {
             "angles_rel_error": hit_err[0] if hit_err else None,
             "fraction_rel_error": hit_err[0] / n if hit_err else None,
             "angles_iou": hit_iou[0] if hit_iou else None,
@@ -337,10 +365,13 @@ def plot(rows: list[dict[str, Any]], reference: dict[str, Any], path: Path) -> P
         ("relative error (attenuation)", "mean slice SSIM", "solid-phase IoU"),
         strict=True,
     ):
-        for strategy in STRATEGIES:
-            own = sorted((r for r in rows if r["strategy"] == strategy), key=lambda r: r["angles"])
-            ax.plot([r["angles"] for r in own], [r[key] for r in own], markers[strategy],
-                    label=strategy)  # fmt: skip
+        for strategy, dose in ((s, d) for d in DOSES for s in STRATEGIES):
+            own = sorted((r for r in rows if r["strategy"] == strategy and r["dose"] == dose
+                          and r is not reference), key=lambda r: r["angles"])  # fmt: skip
+            if own:
+                ax.plot([r["angles"] for r in own], [r[key] for r in own], markers[strategy],
+                        alpha=1.0 if dose == "exposure" else 0.45,
+                        label=f"{strategy}, same {dose}")  # fmt: skip
         full = f"uniform {reference['angles']}"
         ax.axhline(reference[key], color="gray", lw=0.8, ls=":", label=full)
         ax.set(xlabel="angles measured", ylabel=label, title=label)
@@ -348,7 +379,8 @@ def plot(rows: list[dict[str, Any]], reference: dict[str, Any], path: Path) -> P
     ax = axes[3]
     largest = max(r["budget"] for r in rows if r["strategy"] == "adaptive")
     for i, strategy in enumerate(STRATEGIES):
-        chosen = next(r for r in rows if r["strategy"] == strategy and r["budget"] == largest)
+        chosen = next(r for r in rows if r["strategy"] == strategy and r["budget"] == largest
+                      and r["dose"] == "exposure")  # fmt: skip
         theta = np.mod(chosen["chosen_angles"], 180.0)
         ax.plot(theta, np.full_like(theta, i) + np.linspace(-0.3, 0.3, len(theta)), ".",
                 label=strategy)  # fmt: skip
@@ -371,18 +403,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with torch_threads(p["torch_threads"]), tempfile.TemporaryDirectory() as frames:
         reference = run_strategy("uniform", n, p, Path(frames))
         rows.append(reference)
-        for budget in budgets:
-            for strategy in STRATEGIES:
-                rows.append(run_strategy(strategy, budget, p, Path(frames)))
-                if not args.quiet:
-                    r = rows[-1]
-                    print(f"{strategy:>8} {budget:4d}: rel error {r['rel_error']:.4f}, "
-                          f"IoU {r['solid_iou']:.4f} ({r['seconds']:.1f} s)",
-                          flush=True)  # fmt: skip
+        for budget, dose, strategy in (
+            (b, d, s) for d in p["doses"] for b in budgets for s in STRATEGIES
+        ):
+            rows.append(run_strategy(strategy, budget, p, Path(frames), dose))
+            if not args.quiet:
+                r = rows[-1]
+                print(f"{strategy:>8} {budget:4d} same {dose:>8}: rel error {r['rel_error']:.4f}, "
+                      f"IoU {r['solid_iou']:.4f} ({r['seconds']:.1f} s)",
+                      flush=True)  # fmt: skip
     headline = fewest_angles(rows, reference, p["tolerance"])
-    columns = ["strategy", "angles", "fraction of N", "rel error", "SSIM", "solid IoU", "s"]
-    table = [[r["strategy"], r["angles"], r["angles"] / n, r["rel_error"], r["ssim"],
-              r["solid_iou"], r["seconds"]] for r in rows]  # fmt: skip
+    columns = ["strategy", "same", "angles", "fraction of N", "photons/px", "rel error", "SSIM",
+               "solid IoU", "s"]  # fmt: skip
+    table = [[r["strategy"], r["dose"], r["angles"], r["angles"] / n, r["photons_per_pixel"],
+              r["rel_error"], r["ssim"], r["solid_iou"], r["seconds"]] for r in rows]  # fmt: skip
     print_table(f"T-electrode {p['size']}^3, N = {n}: quality vs angles", table, columns)
     print_table(
         f"fewest angles reaching the full-angle quality (rel error within "

@@ -41,22 +41,35 @@ def test_truth_scores_itself_perfectly_and_noise_worse(tmp_path):
         truth.score(truth.mu[:-1])
     with pytest.raises(ValueError, match="unknown strategy 'spiral'"):
         autonomy_tomo.run_strategy("spiral", 4, autonomy_tomo._params(True), tmp_path)
+    with pytest.raises(ValueError, match="unknown dose 'half'"):
+        autonomy_tomo.run_strategy("uniform", 4, autonomy_tomo._params(True), tmp_path, "half")
 
 
 def test_fewest_angles_reads_the_rows():
-    reference = {"strategy": "uniform", "angles": 40, "rel_error": 0.5, "solid_iou": 0.8}
+    reference = {"strategy": "uniform", "dose": "exposure", "angles": 40, "rel_error": 0.5,
+                 "solid_iou": 0.8}  # fmt: skip
     rows = [
         reference,
-        {"strategy": "uniform", "angles": 20, "rel_error": 0.6, "solid_iou": 0.79},
-        {"strategy": "golden", "angles": 20, "rel_error": 0.52, "solid_iou": 0.7},
-        {"strategy": "adaptive", "angles": 10, "rel_error": 0.9, "solid_iou": 0.5},
-        {"strategy": "adaptive", "angles": 20, "rel_error": 0.51, "solid_iou": 0.785},
-    ]
+        {"strategy": "uniform", "dose": "exposure", "angles": 20, "rel_error": 0.6,
+         "solid_iou": 0.79},
+        {"strategy": "golden", "dose": "exposure", "angles": 20, "rel_error": 0.52,
+         "solid_iou": 0.7},
+        {"strategy": "adaptive", "dose": "exposure", "angles": 10, "rel_error": 0.9,
+         "solid_iou": 0.5},
+        {"strategy": "adaptive", "dose": "exposure", "angles": 20, "rel_error": 0.51,
+         "solid_iou": 0.785},
+        {"strategy": "adaptive", "dose": "total", "angles": 10, "rel_error": 0.5,
+         "solid_iou": 0.8},
+    ]  # fmt: skip
     head = autonomy_tomo.fewest_angles(rows, reference, 0.05)
-    assert head["uniform"] == {"angles_rel_error": 40, "fraction_rel_error": 1.0,
-                               "angles_iou": 20, "fraction_iou": 0.5}  # fmt: skip
-    assert head["golden"]["angles_rel_error"] == 20 and head["golden"]["angles_iou"] is None
-    assert head["adaptive"]["fraction_rel_error"] == 0.5
+    assert head["uniform, same exposure"] == {"angles_rel_error": None,
+                                              "fraction_rel_error": None,
+                                              "angles_iou": 20, "fraction_iou": 0.5}  # fmt: skip
+    golden = head["golden, same exposure"]
+    assert golden["angles_rel_error"] == 20 and golden["angles_iou"] is None
+    assert head["adaptive, same exposure"]["fraction_rel_error"] == 0.5
+    assert head["adaptive, same total"]["fraction_rel_error"] == 0.25
+    assert "uniform, same total" not in head  # no such rows
 
 
 @pytest.mark.slow
@@ -70,22 +83,30 @@ def test_autonomy_tomo_smoke(tmp_path):
     figures, params = record["figures"], record["params"]
     n, budgets = params["num_angles"], params["budgets"]
     rows = figures["rows"]
-    assert len(rows) == 1 + len(budgets) * 3
+    assert len(rows) == 1 + len(budgets) * 3 * 2
     for row in rows:  # every scan measured exactly its budget, each angle once
         theta = np.asarray(row["chosen_angles"])
         assert row["angles"] == row["budget"] == len(theta)
         assert np.all((theta >= 0) & (theta <= 180))
         assert len(np.unique(np.round(theta % 180, 3))) == len(theta)
         assert 0 < row["rel_error"] < 5 and -1 < row["ssim"] < 1 and 0 < row["solid_iou"] < 1
+        expected = 1e4 * (n / row["angles"] if row["dose"] == "total" else 1.0)
+        assert row["photons_per_pixel"] == pytest.approx(expected)
     reference = rows[0]
     assert reference["strategy"] == "uniform" and reference["angles"] == n
     np.testing.assert_allclose(np.diff(reference["chosen_angles"]), 180.0 / n, atol=1e-6)
     adaptive = [r for r in rows if r["strategy"] == "adaptive"]
     assert all(r["told"] > 0 and r["decisions"] > 0 for r in adaptive)  # the agent chose
-    # more angles, better reconstruction: the full set beats a quarter of it, uniformly
-    quarter = next(r for r in rows if r["strategy"] == "uniform" and r["angles"] == n // 4)
-    assert reference["rel_error"] < 0.8 * quarter["rel_error"]
-    assert reference["solid_iou"] > quarter["solid_iou"]
-    assert figures["headline"]["uniform"]["angles_rel_error"] <= n
+    for r in adaptive:  # never two views closer than half the uniform spacing
+        theta = np.sort(np.mod(r["chosen_angles"], 180.0))
+        gaps = np.diff(np.r_[theta, theta[0] + 180.0])
+        assert gaps.min() >= params["min_spacing"] * 180.0 / r["angles"] - 1e-6
+    # more angles, better reconstruction: the full set beats a quarter of it, uniformly;
+    # and the same angles with more dose are better
+    quarter = {r["dose"]: r for r in rows
+               if r["strategy"] == "uniform" and r["angles"] == n // 4}  # fmt: skip
+    assert reference["rel_error"] < 0.8 * quarter["exposure"]["rel_error"]
+    assert reference["solid_iou"] > quarter["exposure"]["solid_iou"]
+    assert quarter["total"]["rel_error"] < 0.9 * quarter["exposure"]["rel_error"]
     assert figures["headline"] == autonomy_tomo.fewest_angles(rows, reference,
                                                               params["tolerance"])  # fmt: skip
