@@ -46,6 +46,11 @@ def test_autonomy_smoke(tmp_path):
     assert raster["fraction_of_raster_to_reach"] == 1.0  # raster reaches its own final IoU
     for name, s in strategies.items():
         assert 0.0 < s["final_iou"] <= 1.0, name
+        # the fair curve (offline reconstructions of the stored frames) ends at all of the
+        # strategy's exposures; the live one is kept beside it
+        assert s["iou_vs_exposures"][-1] == [s["exposures"], s["final_iou"]], name
+        assert s["live_iou_vs_exposures"] and 0.0 < s["live_final_iou"] <= 1.0, name
+        assert 0.0 < s["coverage"]["covered_fraction"] <= 1.0, name
         assert s["iou_vs_exposures"] and len(s["iou_vs_seconds"]) == len(s["iou_vs_exposures"])
         # the adaptive strategies got half of raster's exposures, on the same clock
         if name != "raster":
