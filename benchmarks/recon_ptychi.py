@@ -17,7 +17,8 @@ same code (``metrics.complex_errors`` on one mask: the pixels our engine lit abo
 of the peak, eroded 2 px), plus the overlap of each refined probe with the true probe.
 
 Without a pty-chi interpreter the benchmark prints that it is skipped, and why, and
-returns (exit status 0). Not run in CI.
+returns (exit status 0). Not run in CI. ``scripts/setup_ptychi_env.sh`` builds the
+pty-chi environment (default ``/work/ptychi-venv``).
 Run ``python -m benchmarks.recon_ptychi --ptychi-python /path/to/venv/bin/python``
 (``--smoke`` for tiny sizes).
 """
