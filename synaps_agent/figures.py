@@ -217,11 +217,12 @@ def plot_adaptive_comparison(outcomes: dict, phantom, path: str | Path) -> Path:
             ),
         )
         for other in strategies:
-            curve = np.asarray(outcomes[other].curve, dtype=float)
+            # the fair curve (the stored frames reconstructed offline) where there is one
+            curve = np.asarray(outcomes[other].fair_curve or outcomes[other].curve, dtype=float)
             if len(curve):
                 row[3].plot(curve[:, 0], curve[:, 1], ".-", label=other)
         row[3].set_xlabel("exposures received")
-        row[3].set_ylabel("mean IoU vs ground truth")
+        row[3].set_ylabel("mean IoU vs ground truth (fair score)")
         row[3].legend()
         row[3].set_title("segmentation quality vs exposures")
     fig.savefig(path, dpi=100)
