@@ -73,7 +73,7 @@ logger = logging.getLogger("synaps_agent.remote")
 LOOPBACK = "127.0.0.1"
 PREFIX = b"synaps"  # the documents' 0MQ prefix; other publishers on the proxy are ignored
 _PROBE_PREFIX = b"synaps-probe"
-_OPERATIONS = ("ping", "open", "measured", "failed", "ask", "should_stop", "close")
+_OPERATIONS = ("ping", "open", "measured", "failed", "remeasured", "ask", "should_stop", "close")
 
 
 # -- JSON on the wire ------------------------------------------------------------------------
@@ -461,6 +461,9 @@ class AnalysisServer:
         if op == "failed":
             feed.failed(_point(request), str(request.get("reason", "")))
             return {}
+        if op == "remeasured":
+            feed.remeasured(_point(request), str(request.get("reason", "")))
+            return {}
         if op == "ask":
             batch_size = request.get("batch_size")
             if not isinstance(batch_size, int) or batch_size < 1:
@@ -655,6 +658,10 @@ class RemoteAgentFeed:
         """A move or exposure at ``point`` failed: it is not proposed again."""
         self._failed += 1
         self._request("failed", point=np.asarray(point, dtype=float).ravel(), reason=reason)
+
+    def remeasured(self, point, reason: str) -> None:
+        """The exposure at ``point`` saw no beam and was taken again (recorded remotely)."""
+        self._request("remeasured", point=np.asarray(point, dtype=float).ravel(), reason=reason)
 
     def ask(self, batch_size: int) -> np.ndarray:
         """The next points: the agent's, or the fallback pattern's once fallen back."""
