@@ -149,7 +149,10 @@ class BeamMonitor(Device):
     """Incident-intensity monitor (I0): photons per second reaching the sample.
 
     ``intensity`` (read in events) is latched at each exposure: zero with the shutter
-    closed or the beam dumped, which flags that exposure. ``source`` (not read in
+    closed or the beam dumped, which flags that exposure. Like an integrating ion
+    chamber it also reads zero when the beam went down at any time since its previous
+    reading, so an exposure whose beam died and came back before the monitor was read
+    (a suspender held the scan in between) is still flagged. ``source`` (not read in
     events) follows the beam live, shutter or not, like a ring-current signal: it is
     what a suspender watches (see :func:`synaps_agent.reliability.beam_suspender`).
     """
@@ -168,6 +171,7 @@ class BeamMonitor(Device):
         self.nominal_flux.put(float(flux))
         self._update_source(beam.intensity)
         beam.subscribe(self._update_source)
+        self._dumps_seen = beam.dumps
 
     def _update_source(self, relative_intensity: float) -> None:
         self.source.put(relative_intensity * float(self.nominal_flux.get()))
@@ -175,7 +179,10 @@ class BeamMonitor(Device):
     def trigger(self) -> DeviceStatus:
         """Latch the intensity of the current exposure (zero with the shutter closed)."""
         flux = float(self.nominal_flux.get())
-        value = self.beam.intensity * flux if self.shutter.is_open else 0.0
+        dumped_since_last_reading = self.beam.dumps != self._dumps_seen
+        self._dumps_seen = self.beam.dumps
+        lit = self.shutter.is_open and not dumped_since_last_reading
+        value = self.beam.intensity * flux if lit else 0.0
         self.intensity.put(value)
         status = DeviceStatus(self)
         status.set_finished()
