@@ -14,7 +14,7 @@ place, and recorded. One run per scan; the stop document's reason says why it st
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import bluesky.plan_stubs as bps
@@ -26,7 +26,13 @@ from ophyd.utils.errors import LimitError
 
 from .metadata import scan_metadata
 from .scans import _as_positions, _check_detectors, _with_shutter
-from .stubs import check_within_limits, expose, move_and_expose
+from .stubs import (
+    check_reference_fields,
+    check_within_limits,
+    expose,
+    move_and_expose,
+    reference_fields,
+)
 
 __all__ = [
     "adaptive_ptycho_scan",
@@ -71,8 +77,12 @@ def adaptive_scan(
     shutter: Movable | None,
     md: dict | None,
     monitor: Readable | None = None,
+    prelude: Callable[[], Plan] | None = None,
 ) -> Plan:
     """The loop every adaptive scan shares: seeds, then ask / move / expose / tell.
+
+    ``prelude`` (optional) makes the plan measured inside the run before the seeds, e.g.
+    :func:`~synaps_agent.plans.stubs.reference_fields` (darks and flats).
 
     ``motors[i]`` moves to column ``i`` of the points (the seeds and what ``feed.ask``
     returns, in the agent's axis order). Seeds the feed's agent has already measured (a
@@ -152,6 +162,8 @@ def adaptive_scan(
 
     @bpp.stage_decorator(detectors)
     def scan() -> Generator[Msg, Any, str]:
+        if prelude is not None:
+            yield from prelude()
         exposures = 0
         for point in todo:
             exposures += bool((yield from expose_at(point)))
@@ -249,6 +261,10 @@ def adaptive_tomo_scan(
     shutter: Movable | None = None,
     md: dict | None = None,
     monitor: Readable | None = None,
+    num_darks: int = 0,
+    num_flats: int = 0,
+    flat_motor: Movable | None = None,
+    flat_position: float | None = None,
 ) -> Plan:
     """Tomography where the agent picks the rotation angles.
 
@@ -269,20 +285,32 @@ def adaptive_tomo_scan(
         First angles (a coarse uniform set), skipped when already measured.
     batch_size, max_exposures, shutter, md, monitor
         As in :func:`adaptive_ptycho_scan`.
+    num_darks, num_flats, flat_motor, flat_position
+        Dark and flat fields measured in the run before the seeds, as in
+        :func:`~synaps_agent.plans.scans.tomo_scan` (streams ``dark`` and ``flat``).
 
     Yields
     ------
     Msg
-        One run (see :func:`adaptive_scan`), stream ``primary`` with the rotation readback.
+        One run (see :func:`adaptive_scan`): streams ``dark`` and ``flat`` (if asked),
+        then ``primary`` with the rotation readback.
     """
     seeds = np.asarray(seed_angles, dtype=float).reshape(-1, 1)
+    references = {
+        "shutter": shutter, "num_darks": num_darks, "num_flats": num_flats,
+        "flat_motor": flat_motor, "flat_position": flat_position,
+    }  # fmt: skip
+    check_reference_fields(**references)
+    detectors = list(detectors)
     return (
         yield from adaptive_scan(
             detectors, [theta_motor], feed, seeds,
             modality="tomography", plan_name="adaptive_tomo_scan",
-            pattern={"theta_limits": _limits(theta_motor)},
+            pattern={"theta_limits": _limits(theta_motor), "num_darks": num_darks,
+                     "num_flats": num_flats, "flat_position": flat_position},
             batch_size=batch_size, max_exposures=max_exposures, shutter=shutter, md=md,
             monitor=monitor,
+            prelude=lambda: reference_fields(detectors, **references),
         )
     )  # fmt: skip
 

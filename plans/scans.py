@@ -19,7 +19,12 @@ from bluesky.utils import Msg
 
 from .metadata import scan_metadata
 from .patterns import fermat_spiral_positions, golden_angles, raster_positions, uniform_angles
-from .stubs import check_within_limits, expose, move_and_expose, new_frame_files
+from .stubs import (
+    check_reference_fields,
+    check_within_limits,
+    move_and_expose,
+    reference_fields,
+)
 
 __all__ = [
     "ptycho_scan",
@@ -259,14 +264,10 @@ def tomo_scan(
     detectors = _check_detectors(detectors)
     theta = _angles(angles, num, scheme, span)
     check_within_limits(theta_motor, theta)
-    if num_darks < 0 or num_flats < 0:
-        raise ValueError("num_darks and num_flats must be >= 0")
-    if num_darks and shutter is None:
-        raise ValueError("dark fields need a shutter to close")
-    if num_flats:
-        if flat_motor is None or flat_position is None:
-            raise ValueError("flat fields need flat_motor and flat_position (sample out of beam)")
-        check_within_limits(flat_motor, [flat_position])
+    check_reference_fields(
+        shutter=shutter, num_darks=num_darks, num_flats=num_flats,
+        flat_motor=flat_motor, flat_position=flat_position,
+    )  # fmt: skip
     pattern = {
         "kind": "tomography",
         "scheme": "list" if angles is not None else scheme,
@@ -289,21 +290,10 @@ def tomo_scan(
     @bpp.stage_decorator([*detectors])
     @bpp.run_decorator(md=_md)
     def inner() -> Plan:
-        if num_darks:
-            yield from bps.mv(shutter, "closed")
-            for _ in range(num_darks):
-                yield from expose(detectors, stream="dark")
-            yield from new_frame_files(detectors)
-        if shutter is not None:
-            yield from bps.mv(shutter, "open")
-        if num_flats:
-            home = flat_motor.position if hasattr(flat_motor, "position") else None
-            yield from bps.mv(flat_motor, flat_position)
-            for _ in range(num_flats):
-                yield from expose(detectors, stream="flat")
-            if home is not None:
-                yield from bps.mv(flat_motor, home)
-            yield from new_frame_files(detectors)
+        yield from reference_fields(
+            detectors, shutter=shutter, num_darks=num_darks, num_flats=num_flats,
+            flat_motor=flat_motor, flat_position=flat_position,
+        )  # fmt: skip
         for angle in theta:
             yield from move_and_expose(detectors, {theta_motor: float(angle)})
 

@@ -80,3 +80,59 @@ def new_frame_files(detectors: Sequence[Any]) -> Plan:
         yield from bps.unstage(det)
     for det in detectors:
         yield from bps.stage(det)
+
+
+def check_reference_fields(
+    *,
+    shutter: Movable | None,
+    num_darks: int,
+    num_flats: int,
+    flat_motor: Movable | None,
+    flat_position: float | None,
+) -> None:
+    """Refuse dark/flat-field arguments that cannot be measured, before any motion."""
+    if num_darks < 0 or num_flats < 0:
+        raise ValueError("num_darks and num_flats must be >= 0")
+    if num_darks and shutter is None:
+        raise ValueError("dark fields need a shutter to close")
+    if num_flats:
+        if flat_motor is None or flat_position is None:
+            raise ValueError("flat fields need flat_motor and flat_position (sample out of beam)")
+        check_within_limits(flat_motor, [flat_position])
+
+
+def reference_fields(
+    detectors: Sequence[Readable],
+    *,
+    shutter: Movable | None = None,
+    num_darks: int = 0,
+    num_flats: int = 0,
+    flat_motor: Movable | None = None,
+    flat_position: float | None = None,
+) -> Plan:
+    """Dark fields (shutter closed) and flat fields (sample out of the beam), inside a run.
+
+    Yields a shutter close and ``num_darks`` exposures in stream ``dark``; the shutter
+    opened; a move of ``flat_motor`` to ``flat_position``, ``num_flats`` exposures in
+    stream ``flat`` and the move back. Each group ends with :func:`new_frame_files`, so
+    projections go to files of their own. Leaves the shutter open (if there is one).
+    """
+    check_reference_fields(
+        shutter=shutter, num_darks=num_darks, num_flats=num_flats,
+        flat_motor=flat_motor, flat_position=flat_position,
+    )  # fmt: skip
+    if num_darks:
+        yield from bps.mv(shutter, "closed")
+        for _ in range(num_darks):
+            yield from expose(detectors, stream="dark")
+        yield from new_frame_files(detectors)
+    if shutter is not None:
+        yield from bps.mv(shutter, "open")
+    if num_flats:
+        home = flat_motor.position if hasattr(flat_motor, "position") else None
+        yield from bps.mv(flat_motor, flat_position)
+        for _ in range(num_flats):
+            yield from expose(detectors, stream="flat")
+        if home is not None:
+            yield from bps.mv(flat_motor, home)
+        yield from new_frame_files(detectors)

@@ -120,3 +120,53 @@ def test_adaptive_ptycho_tomo_scan_moves_three_axes(RE, catalog, ptycho_beamline
     chosen = points[len(seeds):]
     assert np.mean(chosen[:, 0] > 0) >= 0.75  # toward the uncertain side
     assert len(np.unique(np.round(chosen[:, 2], 3))) > 1  # the rotation is chosen too
+
+
+@pytest.mark.slow
+def test_adaptive_tomo_scan_measures_darks_and_flats_that_the_reconstruction_uses(
+    RE, catalog, tomo_beamline
+):
+    from synaps_agent.callbacks.tomo import TomoReconstruction
+    from synaps_agent.sim_devices.optics import wavelength
+
+    bl = tomo_beamline
+    bl.proj_det.photons_per_pixel.put(2e4)
+
+    def scan(**references):
+        space = ScanSpace([Axis("theta", 0.0, 180.0, "deg", period=180.0)])
+        agent = ImagingAgent(space, AgentConfig(angle_step=1.0, cost_aware=False),
+                             stopping=StoppingRule(max_exposures=40), seed=0)  # fmt: skip
+        feed = AgentFeed(agent, lambda: (np.ones((32, 32)), (0, 1, 0, 1)))
+        recon = TomoReconstruction(snapshot_interval=0)
+        token = RE.subscribe(recon)
+        seeds = np.linspace(0.0, 180.0, 8, endpoint=False)
+        (uid,) = RE(adaptive_tomo_scan([bl.proj_det], bl.stage.theta, feed, seeds,
+                                       batch_size=8, max_exposures=48, shutter=bl.shutter,
+                                       **references))  # fmt: skip
+        RE.unsubscribe(token)
+        assert recon.wait(120) and recon.errors == []
+        return catalog.raw[uid], recon
+
+    run, recon = scan(num_darks=2, num_flats=4, flat_motor=bl.stage.x,
+                      flat_position=bl.flat_field_x)  # fmt: skip
+    pattern = run.start["scan_pattern"]
+    assert pattern["num_flats"] == 4 and pattern["num_darks"] == 2
+    assert len(run["dark"][bl.proj_det.image_key].read()) == 2
+    assert len(run["flat"][bl.proj_det.image_key].read()) == 4
+    assert not any("no flat field" in w for w in recon.warnings)
+    _, without = scan()
+    assert any("no flat field" in w for w in without.warnings)
+    # the flat-corrected tomogram is the better one against the phantom's attenuation
+    _, beta = bl.phantom.refractive_index(bl.proj_det.energy.get())
+    truth = 4 * np.pi * beta / wavelength(bl.proj_det.energy.get())
+    nz, ny, nx = truth.shape
+    yy, xx = np.mgrid[:ny, :nx]
+    mask = np.broadcast_to((yy - ny / 2 + 0.5) ** 2 + (xx - nx / 2 + 0.5) ** 2 < (0.45 * nx) ** 2,
+                           truth.shape)  # fmt: skip
+
+    def error(volume):
+        return np.linalg.norm((volume - truth)[mask]) / np.linalg.norm(truth[mask])
+
+    assert error(recon.final_volume) < 0.8 * error(without.final_volume)
+    with pytest.raises(ValueError, match="flat fields need flat_motor"):
+        list(adaptive_tomo_scan([bl.proj_det], bl.stage.theta, None, [0.0], num_flats=2))
