@@ -30,6 +30,7 @@ __all__ = ["AgentFeed", "footprint_mean", "view_uncertainty"]
 logger = logging.getLogger("synaps_agent.callbacks")
 
 UncertaintySource = Callable[[], tuple[np.ndarray, tuple[float, float, float, float]] | None]
+ViewPrior = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 def footprint_mean(
@@ -100,6 +101,11 @@ class AgentFeed:
         over all angles as its prior; the map is then a slice of the sample.
     sink : callable, optional
         Receives the decision documents (an analysis run linked to the raw run).
+    view_prior : callable, optional
+        For a rotation-only agent: ``view_prior(slice, view_angles, measured_angles)``
+        returns the prior over ``view_angles`` (degrees) given the latest uncertainty
+        slice and the angles measured so far; recomputed before every decision. Default:
+        the forward projection of the slice (:func:`view_uncertainty`).
     state_path : path, optional
         The agent's state is saved there (``<path>.json`` + ``<path>.npz``) after every
         decision and when the scan ends, so a new session can go on from it
@@ -114,6 +120,7 @@ class AgentFeed:
         footprint_radius: float | None = None,
         sink: Subscriber | None = None,
         state_path: str | Path | None = None,
+        view_prior: ViewPrior | None = None,
     ) -> None:
         if agent.space.spatial_index and not (footprint_radius or 0) > 0:
             raise ValueError(
@@ -123,6 +130,8 @@ class AgentFeed:
         self.uncertainty = uncertainty
         self.footprint_radius = float(footprint_radius or 0.0)
         self.sink = sink
+        self.view_prior = view_prior
+        self.measured_angles: list[float] = []
         self.state_path = None if state_path is None else Path(state_path)
         self.saves = 0
         self.analysis: AnalysisRun | None = None
@@ -232,7 +241,6 @@ class AgentFeed:
                 self.agent.update_prior(self._current[0], self._current[1])
             if space.angle_index:
                 self._views = view_uncertainty(self._current[0], self._view_angles)
-                self.agent.update_prior_1d(self._views, self._view_angles)
             ready = [p for p in self._pending if p.version < self._version]
             self._pending = [p for p in self._pending if p.version >= self._version]
         for pending in ready:
@@ -265,6 +273,8 @@ class AgentFeed:
         point = np.asarray(point, dtype=float).ravel()
         self.agent.record_measured(point)  # not proposed again while its gain is pending
         before = None if self._current is None else self._uncertainty_at(point)
+        if self.agent.space.angle_index:
+            self.measured_angles.append(float(point[self.agent.space.angle_index[0]]))
         with self._lock:
             self._pending.append(_Pending(point, before, self._version, time.time()))
 
@@ -287,6 +297,7 @@ class AgentFeed:
     def ask(self, batch_size: int) -> np.ndarray:
         """The next points (travel-ordered), after taking the newest map into account."""
         self.refresh()
+        self._update_view_prior()
         docs, points = self.agent.ask(batch_size)
         self.decisions += 1
         self.save_state()
@@ -303,6 +314,21 @@ class AgentFeed:
                     },
                 )
         return np.asarray(points, dtype=float)
+
+    def _update_view_prior(self) -> None:
+        """Give a rotation-only agent its prior over the views for the next decision."""
+        if not self.agent.space.angle_index or self._current is None:
+            return
+        if self.view_prior is None:
+            prior = self._views
+        else:
+            prior = np.asarray(
+                self.view_prior(
+                    self._current[0], self._view_angles, np.asarray(self.measured_angles)
+                ),
+                dtype=float,
+            )
+        self.agent.update_prior_1d(prior, self._view_angles)
 
     def should_stop(self) -> tuple[bool, str]:
         """The agent's stopping rule."""
