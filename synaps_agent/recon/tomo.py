@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from torch.nn import functional as tnf
 
+from ..compute import as_tensor, resolve_device
+
 __all__ = [
     "FILTERS",
     "StreamingFBP",
@@ -61,18 +63,12 @@ ArrayLike = np.ndarray | torch.Tensor
 # helpers
 # --------------------------------------------------------------------------- #
 def _as_tensor(name: str, array: ArrayLike, device: str | torch.device) -> torch.Tensor:
-    """Float32 tensor on ``device``; ValueError for complex or non-finite input."""
-    if isinstance(array, torch.Tensor):
-        if array.is_complex():
-            raise ValueError(f"{name} must be real-valued")
-        t = array.detach().to(device=device, dtype=torch.float32)
-    else:
-        arr = np.asarray(array)
-        if np.iscomplexobj(arr):
-            raise ValueError(f"{name} must be real-valued")
-        if arr.dtype == object:
-            raise ValueError(f"{name} must be a numeric array")
-        t = torch.as_tensor(np.ascontiguousarray(arr, dtype=np.float32), device=device)
+    """Float32 tensor on ``device`` (numpy, torch, or DLPack arrays such as CuPy);
+    ValueError for complex or non-finite input."""
+    t = as_tensor(array, name)
+    if t.is_complex():
+        raise ValueError(f"{name} must be real-valued")
+    t = t.to(device=device, dtype=torch.float32)
     if t.numel() and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains non-finite values (NaN or inf)")
     return t
@@ -312,7 +308,7 @@ def backproject(
     angles_deg: float | Sequence[float] | np.ndarray,
     *,
     weights: Sequence[float] | np.ndarray | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> np.ndarray:
     """Pixel-driven backprojection consistent with ``project_volume``.
 
@@ -330,7 +326,7 @@ def backproject(
     weights : sequence of float, optional
         Weight of each angle (default 1; for FBP use :func:`angle_weights`).
     device : str or torch.device
-        Torch device of the computation.
+        Torch device of the computation (None: :func:`~synaps_agent.compute.resolve_device`).
 
     Returns
     -------
@@ -342,6 +338,7 @@ def backproject(
     ValueError
         Shape mismatches, non-finite values.
     """
+    device = resolve_device(device)
     angles = _angles(angles_deg)
     p = _projection_stack(filtered, angles, device)
     w = None
@@ -465,7 +462,7 @@ def forward_project(
     volume: ArrayLike,
     angles_deg: float | Sequence[float] | np.ndarray,
     *,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> np.ndarray:
     """Parallel-beam projections, numerically identical to ``project_volume``.
 
@@ -475,14 +472,15 @@ def forward_project(
         Volume (e.g. ``mu`` per voxel).
     angles_deg : float or sequence of float
         Angles in degrees.
-    device : str or torch.device
-        Torch device.
+    device : str or torch.device, optional
+        Torch device (None: :func:`~synaps_agent.compute.resolve_device`).
 
     Returns
     -------
     ndarray of float32, shape (n_angles, nz, nx)
         Line integrals in voxel units.
     """
+    device = resolve_device(device)
     angles = _angles(angles_deg)
     vol = _as_tensor("volume", volume, device)
     if vol.ndim != 3:
@@ -522,7 +520,7 @@ def sirt(
     num_iterations: int,
     x0: ArrayLike | None = None,
     nonnegative: bool = True,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> np.ndarray:
     """Simultaneous iterative reconstruction (SIRT).
 
@@ -543,13 +541,14 @@ def sirt(
         Starting volume (e.g. the FBP result); default zeros.
     nonnegative : bool
         Clip negative values after every iteration (default True).
-    device : str or torch.device
-        Torch device.
+    device : str or torch.device, optional
+        Torch device (None: :func:`~synaps_agent.compute.resolve_device`).
 
     Returns
     -------
     ndarray of float32, shape (nz, nx, nx)
     """
+    device = resolve_device(device)
     b, angles, x = _iterative_setup(projections, angles_deg, x0, device, num_iterations)
     shape = tuple(x.shape)
     with torch.no_grad():
@@ -573,7 +572,7 @@ def cgls(
     *,
     num_iterations: int,
     x0: ArrayLike | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> np.ndarray:
     """Conjugate-gradient least squares ``min ||A x - b||^2`` (unconstrained).
 
@@ -590,13 +589,14 @@ def cgls(
         Number of CG iterations.
     x0 : array, shape (nz, nx, nx), optional
         Starting volume (e.g. FBP); default zeros.
-    device : str or torch.device
-        Torch device.
+    device : str or torch.device, optional
+        Torch device (None: :func:`~synaps_agent.compute.resolve_device`).
 
     Returns
     -------
     ndarray of float32, shape (nz, nx, nx)
     """
+    device = resolve_device(device)
     b, angles, x = _iterative_setup(projections, angles_deg, x0, device, num_iterations)
     shape = tuple(x.shape)
     with torch.no_grad():
@@ -666,7 +666,7 @@ class StreamingFBP:
         pad: bool | str = True,
         voxel_size: float = 1.0,
         tolerance_deg: float = 1e-3,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = None,
     ) -> None:
         try:
             nz, nx = (int(s) for s in shape)
@@ -685,7 +685,7 @@ class StreamingFBP:
         self.pad = pad
         self.voxel_size = float(voxel_size)
         self.tolerance_deg = float(tolerance_deg)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self._sum = torch.zeros((nz, nx, nx), dtype=torch.float32, device=self.device)
         self._angles: list[float] = []
         self._raw: list[torch.Tensor] = []

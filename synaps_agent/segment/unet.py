@@ -66,6 +66,7 @@ from scipy import ndimage as ndi
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from synaps_agent.compute import resolve_device
 from synaps_agent.segment.base import (
     SegmentationResult,
     check_reconstruction,
@@ -344,8 +345,9 @@ class UNetSegmenter:
         Temperature of the softmax (fitted on validation data).
     mc_samples : int
         Number of MC-dropout samples (1 = deterministic).
-    device : str
-        ``"cpu"`` or ``"cuda"`` (or any torch device).
+    device : str, optional
+        ``"cpu"`` or ``"cuda"`` (or any torch device); None:
+        :func:`~synaps_agent.compute.resolve_device` (the ``SYNAPS_DEVICE`` setting).
     seed : int
         Seed of the dropout masks (results are reproducible).
     metadata : dict, optional
@@ -360,7 +362,7 @@ class UNetSegmenter:
         temperature: float = 1.0,
         *,
         mc_samples: int = 8,
-        device: str = "cpu",
+        device: str | None = None,
         seed: int = 0,
         mc_scope: str = "head",
         metadata: dict[str, Any] | None = None,
@@ -369,7 +371,7 @@ class UNetSegmenter:
             raise ValueError(f"temperature must be positive, got {temperature}")
         if int(mc_samples) < 1:
             raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.temperature = float(temperature)
         self.mc_samples = int(mc_samples)
@@ -447,7 +449,7 @@ def _build(meta: dict[str, Any], state: dict[str, torch.Tensor]) -> UNet:
 
 
 def load_segmenter(
-    path: str | Path, device: str = "cpu", mc_samples: int | None = None
+    path: str | Path, device: str | None = None, mc_samples: int | None = None
 ) -> UNetSegmenter:
     """Load weights (``torch.load(weights_only=True)``) and the JSON next to them."""
     path = Path(path)
@@ -462,7 +464,9 @@ def load_segmenter(
     )
 
 
-def load_default_segmenter(device: str = "cpu", mc_samples: int | None = None) -> UNetSegmenter:
+def load_default_segmenter(
+    device: str | None = None, mc_samples: int | None = None
+) -> UNetSegmenter:
     """The shipped segmenter (``synaps_agent/segment/weights/unet.pt`` + ``unet.json``)."""
     root = resources.files("synaps_agent.segment").joinpath("weights")
     weights = root.joinpath(WEIGHTS_NAME)
