@@ -10,9 +10,12 @@ motors move instantly in wall-clock time (as in the tests).
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ophyd import Component as Cpt
@@ -20,12 +23,31 @@ from ophyd import Device, Signal
 from ophyd.status import MoveStatus
 from ophyd.utils.errors import LimitError
 
-__all__ = ["LimitError", "SampleStage", "SimClock", "SimMotor", "trapezoid_move_time"]
+__all__ = [
+    "ClockAlarm",
+    "LimitError",
+    "SampleStage",
+    "SimClock",
+    "SimMotor",
+    "trapezoid_move_time",
+]
+
+
+@dataclass(eq=False)
+class ClockAlarm:
+    """A callback due when the simulated clock reaches ``due`` (see :meth:`SimClock.call_at`)."""
+
+    due: float
+    callback: Callable[[], None] = field(compare=False)
 
 
 @dataclass
 class SimClock:
     """Simulated beamline time, shared by every simulated device of one beamline.
+
+    Devices :meth:`charge` it with what they spend (moves, exposures); simulated
+    processes that take time (a beam coming back after a dump) are scheduled on it with
+    :meth:`call_at` and happen when the charged time reaches them.
 
     Attributes
     ----------
@@ -39,17 +61,53 @@ class SimClock:
     elapsed: float = 0.0
     by_kind: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _alarms: list = field(default_factory=list, repr=False)  # heap of (due, n, alarm)
+    _order: itertools.count = field(default_factory=itertools.count, repr=False)
 
     def charge(self, seconds: float, kind: str) -> float:
-        """Add ``seconds`` of simulated time of the given kind; return the wall time to sleep."""
+        """Add ``seconds`` of simulated time of the given kind; return the wall time to sleep.
+
+        Alarms that fall due are called (in due order, on the caller's thread) before
+        it returns.
+        """
         with self._lock:
             self.elapsed += seconds
             self.by_kind[kind] = self.by_kind.get(kind, 0.0) + seconds
+            due = []
+            while self._alarms and self._alarms[0][0] <= self.elapsed:
+                due.append(heapq.heappop(self._alarms)[2])
+        for alarm in due:
+            alarm.callback()
         return seconds * self.time_scale
 
-    def reset(self) -> None:
-        """Set the simulated time back to zero."""
+    def call_at(self, due: float, callback: Callable[[], None]) -> ClockAlarm:
+        """Call ``callback()`` once the simulated time reaches ``due`` seconds.
+
+        Returns the alarm, for :meth:`cancel`. One already due is called at once.
+        """
+        alarm = ClockAlarm(float(due), callback)
         with self._lock:
+            if alarm.due > self.elapsed:
+                heapq.heappush(self._alarms, (alarm.due, next(self._order), alarm))
+                return alarm
+        callback()
+        return alarm
+
+    def cancel(self, alarm: ClockAlarm) -> None:
+        """Forget a pending alarm (nothing happens if it has gone off)."""
+        with self._lock:
+            kept = [entry for entry in self._alarms if entry[2] is not alarm]
+            if len(kept) != len(self._alarms):
+                self._alarms[:] = kept
+                heapq.heapify(self._alarms)
+
+    def reset(self) -> None:
+        """Set the simulated time back to zero (pending alarms keep their time to go)."""
+        with self._lock:
+            shift = self.elapsed
+            for index, (due, n, alarm) in enumerate(self._alarms):
+                alarm.due = due - shift
+                self._alarms[index] = (alarm.due, n, alarm)
             self.elapsed = 0.0
             self.by_kind.clear()
 

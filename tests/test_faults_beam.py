@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
+from bluesky.plans import count
 
 from synaps_agent.plans.scans import raster_ptycho_scan
 from synaps_agent.reliability import beam_suspender, prepare_run_engine
 from synaps_agent.sim_devices.beam import Beam, BeamMonitor, Shutter
+from synaps_agent.sim_devices.motors import SimClock
 
 
 def test_beam_dump_and_restore_drive_the_monitor():
@@ -43,19 +47,24 @@ def test_beam_dump_and_restore_drive_the_monitor():
         beam_suspender(monitor, suspend_below=0.6, resume_above=0.5)
 
 
-def test_raster_scan_survives_a_beam_dump(RE, catalog, documents, ptycho_beamline):
+@pytest.mark.parametrize("monitor_first", [False, True], ids=["detector-first", "monitor-first"])
+def test_raster_scan_survives_a_beam_dump(RE, catalog, documents, ptycho_beamline, monitor_first):
     bl = ptycho_beamline
     det = bl.ptycho_det
     suspender = prepare_run_engine(RE, bl.i0)
     assert RE.suspenders == (suspender,)
-    # the beam dies at the 7th exposure and comes back 0.5 s (wall clock) later
+    # the beam dies at the 7th exposure and comes back 0.5 s later: the scan is suspended,
+    # nothing charges the simulated clock, so the wait is wall time (then charged to it)
+    bl.beam.clock = bl.clock  # see _on_the_beamline_clock
     bl.beam.schedule_dump(7, down_for=0.5)
+    detectors = [bl.i0, det] if monitor_first else [det, bl.i0]  # trigger order in an event
     RE(
         raster_ptycho_scan(
-            [det, bl.i0], bl.stage.x, bl.stage.y, -0.4, 0.4, -0.3, 0.3, 0.2, shutter=bl.shutter
+            detectors, bl.stage.x, bl.stage.y, -0.4, 0.4, -0.3, 0.3, 0.2, shutter=bl.shutter
         )
     )
     assert bl.beam.dumps == 1 and bl.beam.is_up
+    assert bl.clock.by_kind["beam_down"] > 0  # the outage is charged to the beamline's clock
     (start,) = documents.of("start")
     run = catalog.raw[start["uid"]]
     assert run.stop["exit_status"] == "success"
@@ -80,3 +89,77 @@ def test_raster_scan_survives_a_beam_dump(RE, catalog, documents, ptycho_beamlin
     assert flagged == 6
     assert frames[flagged].sum() == 0
     assert frames[np.arange(20) != flagged].sum(axis=(1, 2)).min() > 0
+
+
+def _on_the_beamline_clock(bl):
+    """The beamline's beam, restored on the beamline's clock (``make_sim_beamline`` does not
+    pass its clock to the ``Beam`` yet)."""
+    bl.beam.clock = bl.clock
+    return bl
+
+
+def _wait_until_up(beam: Beam, timeout: float = 30.0) -> bool:
+    back = threading.Event()
+    beam.subscribe(lambda intensity: intensity > 0 and back.set())
+    return beam.is_up or back.wait(timeout)
+
+
+def test_beam_restore_follows_the_simulated_clock():
+    clock = SimClock(time_scale=0.0)
+    beam = Beam(fluctuation=0.0, clock=clock)
+    # moves and exposures charged to the clock bring the beam back after down_for
+    # simulated seconds (the wall-time fallback, 600 s, is far away)
+    beam.dump(restore_after=600.0)
+    clock.charge(400.0, "exposure")
+    assert not beam.is_up
+    clock.reset()  # a new experiment on the same beamline: the outage keeps its time to go
+    clock.charge(199.0, "move")
+    assert not beam.is_up
+    clock.charge(2.0, "move")
+    assert beam.is_up and "beam_down" not in clock.by_kind
+    # a restore by hand (or a new dump) cancels the pending one
+    beam.dump(restore_after=10.0)
+    beam.restore()
+    beam.dump()
+    clock.charge(20.0, "move")
+    assert not beam.is_up
+    beam.restore()
+
+
+@pytest.mark.parametrize("time_scale", [0.0, 0.01])
+def test_idle_beamline_waits_out_the_outage_in_wall_time(time_scale):
+    """Nothing charges the clock (a suspended scan): the beam comes back after down_for x
+    time_scale wall seconds (down_for itself at time_scale 0), charged as beam_down."""
+    clock = SimClock(time_scale=time_scale)
+    beam = Beam(fluctuation=0.0, clock=clock)
+    down_for = 0.3 if time_scale == 0 else 30.0  # 0.3 wall seconds either way
+    beam.schedule_dump(1, down_for=down_for)
+    assert beam.next_exposure() == 0.0
+    assert _wait_until_up(beam)
+    assert clock.elapsed == pytest.approx(down_for)
+    assert clock.by_kind["beam_down"] == pytest.approx(down_for)
+
+
+def test_scan_without_suspender_sees_the_beam_back_after_simulated_time(
+    RE, catalog, ptycho_beamline
+):
+    """No suspender: the scan goes on through the outage, and the exposures charged to the
+    beamline's clock bring the beam back, down_for simulated seconds after the dump."""
+    bl = _on_the_beamline_clock(ptycho_beamline)
+    det = bl.ptycho_det
+    det.exposure_time.put(100.0)  # simulated seconds (time_scale 0: no wall time)
+    bl.shutter.set("open")
+    # dumped at the 3rd exposure (taken at t = 200 s), back at t = 450 s: during the 5th
+    # exposure's time, after its frame was taken, so exposures 3-5 see no beam
+    bl.beam.schedule_dump(3, down_for=250.0)
+    try:
+        (uid,) = RE(count([det, bl.i0], num=8))
+    finally:
+        bl.shutter.set("closed")
+    primary = catalog.raw[uid]["primary"]
+    i0 = np.asarray(primary["i0"].read())
+    counts = np.asarray(primary["ptycho_det_total_counts"].read())
+    np.testing.assert_array_equal(np.flatnonzero(i0 == 0), [2, 3, 4])
+    np.testing.assert_array_equal(np.flatnonzero(counts == 0), [2, 3, 4])
+    assert bl.beam.is_up and "beam_down" not in bl.clock.by_kind
+    assert bl.clock.by_kind["exposure"] == pytest.approx(800.0)
