@@ -3,8 +3,9 @@
 - :func:`beam_suspender`: a ``bluesky.suspenders.SuspendFloor`` on the beam monitor
   that pauses the scan while the beam is down and resumes when it is back.
 - :func:`prepare_run_engine`: a RunEngine that resumes pauses and suspensions without
-  taking exposures twice, records its interruptions, and pauses between exposures
-  (:func:`checkpoint_each_event`).
+  taking exposures twice, records its interruptions, pauses between exposures
+  (:func:`checkpoint_each_event`) and stores why a run was aborted
+  (:func:`keep_abort_reason`).
 - :class:`BufferedWriter`: a document writer that never blocks the RunEngine; a
   thread writes the documents in order, retries with backoff while the server is
   down, and keeps a write-ahead log so a crash loses nothing
@@ -37,6 +38,7 @@ __all__ = [
     "WriteAheadLog",
     "beam_suspender",
     "checkpoint_each_event",
+    "keep_abort_reason",
     "prepare_run_engine",
     "recover_runs",
 ]
@@ -123,6 +125,35 @@ def checkpoint_each_event(plan: Generator[Msg, Any, Any]) -> Generator[Msg, Any,
     return (yield from plan_mutator(plan, after_save))
 
 
+def keep_abort_reason(RE: Any) -> Callable[[Generator[Msg, Any, Any]], Generator[Msg, Any, Any]]:
+    """A preprocessor that puts ``RE.abort(reason)``'s reason in the run's stop document.
+
+    bluesky (1.15) stashes the reason on the RunEngine, but a plan that closes its own
+    run when aborted (``run_wrapper``/``run_decorator``: every scan) sends ``close_run``
+    with ``exit_status="abort"`` and no reason, so the stop document says ``""``. The
+    returned preprocessor yields the plan's messages unchanged, except such a
+    ``close_run``, which gets the reason given to ``RE.abort``.
+    """
+    from bluesky.preprocessors import msg_mutator
+
+    def with_reason(msg: Msg) -> Msg:
+        if (
+            msg.command == "close_run"
+            and msg.kwargs.get("exit_status") == "abort"
+            and not msg.kwargs.get("reason")
+        ):
+            reason = getattr(RE, "_reason", "")  # set by RE.abort(reason)
+            if reason:
+                return msg._replace(kwargs={**msg.kwargs, "reason": reason})
+        return msg
+
+    def preprocessor(plan: Generator[Msg, Any, Any]) -> Generator[Msg, Any, Any]:
+        return (yield from msg_mutator(plan, with_reason))
+
+    preprocessor.keeps_abort_reason = True
+    return preprocessor
+
+
 def prepare_run_engine(RE: Any, monitor: Any | None = None, **suspender_kwargs: Any) -> Any:
     """Make a RunEngine ride out beam dumps, pauses and suspensions without duplicates.
 
@@ -136,6 +167,8 @@ def prepare_run_engine(RE: Any, monitor: Any | None = None, **suspender_kwargs: 
     - :func:`checkpoint_each_event` as a preprocessor: a checkpoint after every event,
       so a deferred pause (``RE.request_pause(defer=True)``, the first Ctrl-C) stops
       between two exposures even in plans that declare no checkpoints.
+    - :func:`keep_abort_reason` as a preprocessor: ``RE.abort(reason)``'s reason is in
+      the aborted run's stop document (bluesky leaves it out for scans).
     - with ``monitor``: installs :func:`beam_suspender` on it and returns the suspender.
 
     Returns
@@ -147,6 +180,8 @@ def prepare_run_engine(RE: Any, monitor: Any | None = None, **suspender_kwargs: 
     RE.record_interruptions = True
     if checkpoint_each_event not in RE.preprocessors:
         RE.preprocessors.append(checkpoint_each_event)
+    if not any(getattr(p, "keeps_abort_reason", False) for p in RE.preprocessors):
+        RE.preprocessors.append(keep_abort_reason(RE))
     if monitor is None:
         return None
     suspender = beam_suspender(monitor, **suspender_kwargs)

@@ -89,6 +89,7 @@ def test_raster_abort_leaves_a_consistent_run(RE, catalog, documents, ptycho_bea
     assert 8 <= len(events) < 20 and stop["num_events"]["primary"] == len(events)
     run = catalog.raw[start["uid"]]
     assert run.stop["exit_status"] == "abort"
+    assert stop["reason"] == run.stop["reason"] == "operator aborted the scan"
     primary = run["primary"]
     np.testing.assert_allclose(
         np.asarray(primary["stage_x"].read()), [e["data"]["stage_x"] for e in events]
@@ -175,6 +176,7 @@ def test_adaptive_scan_pause_resume_abort_and_continue(
     (start2,) = documents.of("start")
     aborted = catalog.raw[start2["uid"]]
     assert aborted.stop["exit_status"] == "abort"
+    assert aborted.stop["reason"] == "beamtime over"
     assert len(aborted["primary"]["stage_x"].read()) == len(primary_events(documents)) >= 3
     # the agent's decisions run was closed too, saying the scan was interrupted
     (decisions,) = [
