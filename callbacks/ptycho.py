@@ -12,8 +12,6 @@ at any time; snapshots are emitted as events of an analysis run (stream
 from __future__ import annotations
 
 import math
-import os
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
@@ -172,16 +170,38 @@ class PtychoReconstruction(StreamingAnalysis):
         frames of a partial scan can lead the reconstruction into a poor local minimum;
         the final epochs refine it (if the config's ``beta_probe`` > 0).
     worker_nice : int
-        While a run is open, the worker thread runs this much nicer than the thread that
-        starts the run (Linux per-thread priority; elsewhere ignored), so the RunEngine's
-        thread gets a busy CPU first and the scan is not slowed by the math; at RunStop
-        the priority is restored where the OS allows it. 0 disables.
+        While a run is open, the worker thread runs this much nicer than the RunEngine's
+        thread, so the scan is not slowed by the math; the final epochs get a full share
+        (see :class:`~synaps_agent.callbacks.analysis.StreamingAnalysis`). 0 disables.
+    chunk_frames : int, optional
+        Deterministic schedule (see Notes): the frames are taken in chunks of this many
+        ``seq_num`` (chunk ``j`` holds ``seq_num`` ``j * chunk_frames + 1`` to
+        ``(j + 1) * chunk_frames``). Default (None): free-running.
+    chunk_iterations : int
+        With ``chunk_frames``: mini-batch updates (of ``config.batch_size`` frames drawn
+        from all frames received so far) after each chunk is added.
 
     Notes
     -----
-    The worker takes the frames queued since its last step in one mini-batch
-    (one ``add_frames`` per angle), so its cost per frame falls as frames arrive faster
-    and the backlog stays bounded.
+    Free-running (the default), the worker takes the frames queued since its last step
+    in one mini-batch (one ``add_frames`` per angle) and iterates while it has nothing
+    else to do, so its cost per frame falls as frames arrive faster and the backlog
+    stays bounded; the live result depends on how fast the machine is and on its load.
+
+    With ``chunk_frames`` the schedule is a function of the documents alone, so the same
+    documents give the same snapshots, bit for bit, live, replayed
+    (:func:`synaps_agent.replay.replay_run`) or on another machine: a chunk is complete
+    when its last ``seq_num`` is paired with its frame, or when a frame of a later chunk
+    is (a gap), or at RunStop; then its frames are added to the engine, exactly
+    ``chunk_iterations`` updates run, and a snapshot is emitted (stream
+    ``reconstruction``, ``final`` False); the worker does nothing between chunks. A
+    frame that arrives after its chunk completed joins the next one. Each snapshot
+    event says what it holds: ``num_frames`` (frames in the engine, skipped ones not
+    counted) and ``seq_num_through`` (every frame with that ``seq_num`` or a lower one
+    that arrived before the chunk completed is in it). A plan that waits for the
+    reconstruction of its exposures (``seq_num`` 1 to ``n``) waits for a snapshot with
+    ``seq_num_through >= n`` (or :attr:`seq_num_through`), and should expose in
+    multiples of ``chunk_frames`` (the last partial chunk completes only at RunStop).
     """
 
     processor = "ptycho_reconstruction"
@@ -196,12 +216,23 @@ class PtychoReconstruction(StreamingAnalysis):
         max_epochs_live: float = 200.0,
         refine_probe_live: bool = False,
         worker_nice: int = 10,
+        chunk_frames: int | None = None,
+        chunk_iterations: int = 8,
     ) -> None:
-        super().__init__(sink)
-        if int(worker_nice) < 0:
-            raise ValueError(f"worker_nice must be non-negative, got {worker_nice!r}")
-        self.worker_nice = int(worker_nice)
-        self._run_nice: int | None = None
+        super().__init__(sink, worker_nice=worker_nice)
+        if chunk_frames is not None and int(chunk_frames) < 1:
+            raise ValueError(f"chunk_frames must be a positive integer, got {chunk_frames!r}")
+        if int(chunk_iterations) < 0:
+            raise ValueError(f"chunk_iterations must be non-negative, got {chunk_iterations!r}")
+        self.chunk_frames = None if chunk_frames is None else int(chunk_frames)
+        self.chunk_iterations = int(chunk_iterations)
+        #: every frame with this ``seq_num`` or a lower one (that had arrived) is in the
+        #: latest emitted snapshot (0 before the first)
+        self.seq_num_through = 0
+        self._chunk = 0  # the open chunk (chunk_frames only)
+        self._chunk_paired: set[int] = set()
+        self._chunk_items = 0  # frames queued in the open chunk
+        self._max_seq_added = 0
         self._pending: dict[float, list[tuple[int, np.ndarray, float, float]]] = {}
         self.config = config or PtychoConfig()
         self.snapshot_interval = float(snapshot_interval)
@@ -240,7 +271,12 @@ class PtychoReconstruction(StreamingAnalysis):
             self.sink,
             raw_uid=doc["uid"],
             processor=self.processor,
-            parameters={"engine": asdict(self.config), "final_epochs": self.final_epochs},
+            parameters={
+                "engine": asdict(self.config),
+                "final_epochs": self.final_epochs,
+                "chunk_frames": self.chunk_frames,
+                "chunk_iterations": self.chunk_iterations if self.chunk_frames else None,
+            },
             md={
                 "modality": doc.get("modality"),
                 "sample": doc.get("sample", {}),
@@ -250,10 +286,12 @@ class PtychoReconstruction(StreamingAnalysis):
         )
         self._last_emit = time.monotonic()
         self._pending = {}
+        self.seq_num_through = 0
+        self._chunk = 0
+        self._chunk_paired = set()
+        self._chunk_items = 0
+        self._max_seq_added = 0
         self.start_worker()
-        self._run_nice = _thread_nice()
-        if self.worker_nice and self._run_nice is not None:
-            _set_thread_nice(self._worker, min(19, self._run_nice + self.worker_nice))
 
     def descriptor(self, doc: dict) -> None:
         if self.geometry is not None and doc.get("name") == "primary":
@@ -292,8 +330,10 @@ class PtychoReconstruction(StreamingAnalysis):
         unpaired = len(self._frames) + len(self._positions)
         if unpaired:
             self.report_warning(f"{unpaired} frames or positions never found their pair")
-        if self.worker_nice and self._run_nice is not None:
-            _set_thread_nice(self._worker, self._run_nice)  # the final epochs: full share
+        if self.chunk_frames is not None:
+            with self._lock:
+                if self._chunk_items:
+                    self._close_chunk(None)  # the last, partial chunk
         self.finish()
 
     # -- pairing frames with positions ------------------------------------------------------
@@ -310,7 +350,34 @@ class PtychoReconstruction(StreamingAnalysis):
             if position is not None:
                 self._positions[seq_num] = position
             if seq_num in self._frames and seq_num in self._positions:
-                self.submit((seq_num, self._frames.pop(seq_num), self._positions.pop(seq_num)))
+                item = (seq_num, self._frames.pop(seq_num), self._positions.pop(seq_num))
+                if self.chunk_frames is None:
+                    self.submit(item)
+                else:
+                    self._submit_in_chunk(item)
+
+    def _submit_in_chunk(self, item: tuple) -> None:
+        """Queue a paired frame, completing the chunks it shows are complete (before it:
+        a frame of a later chunk; after it: its chunk's last frame). Caller holds the
+        lock."""
+        seq_num, size = int(item[0]), self.chunk_frames
+        chunk = (seq_num - 1) // size
+        while chunk > self._chunk:
+            self._close_chunk(self._chunk)
+        self.submit(item)
+        self._chunk_items += 1
+        if chunk == self._chunk:
+            self._chunk_paired.add(seq_num)
+            if len(self._chunk_paired) == size:
+                self._close_chunk(self._chunk)
+
+    def _close_chunk(self, chunk: int | None) -> None:
+        """Queue the completion of ``chunk`` (None: the open one, at RunStop)."""
+        through = (self._chunk + 1) * self.chunk_frames if chunk is not None else None
+        self.submit_call(lambda: self._complete_chunk(through))
+        self._chunk += 1
+        self._chunk_paired = set()
+        self._chunk_items = 0
 
     # -- worker -----------------------------------------------------------------------
     def _engine_for(self, theta: float) -> PtychoEngine:
@@ -350,6 +417,15 @@ class PtychoReconstruction(StreamingAnalysis):
         row, col = geometry.to_pixels(x, y)
         self._pending.setdefault(round(theta, 3), []).append((seq_num, frame, row, col))
 
+    def _complete_chunk(self, through: int | None) -> None:
+        """On the worker: add a completed chunk, run its updates, emit its snapshot."""
+        self._flush_pending()
+        live = self._live_engines()
+        for engine in live.values():
+            if engine.num_frames:
+                engine.iterate(self.chunk_iterations)
+        self._emit_snapshots(final=False, thetas=list(live), through=through)
+
     def _flush_pending(self) -> None:
         """Add the frames taken since the last flush to their engines, one batch per angle."""
         pending, self._pending = self._pending, {}
@@ -358,6 +434,7 @@ class PtychoReconstruction(StreamingAnalysis):
             positions = [[item[2], item[3]] for item in items]
             self._engine_for(theta).add_frames(frames, positions, ids=[item[0] for item in items])
             self._received += len(items)
+            self._max_seq_added = max(self._max_seq_added, *(int(item[0]) for item in items))
 
     def _skip(self, seq_num: int, reason: str) -> None:
         self.skipped.append((seq_num, reason))
@@ -368,6 +445,8 @@ class PtychoReconstruction(StreamingAnalysis):
         return dict(self.engines)
 
     def step(self) -> bool:
+        if self.chunk_frames is not None:
+            return False  # everything happens at chunk boundaries
         self._flush_pending()
         worked = False
         live = self._live_engines()
@@ -403,11 +482,15 @@ class PtychoReconstruction(StreamingAnalysis):
             self.report_error(f"{self.processor}: finalize: {exc!r}")
             self.analysis.close(exit_status="fail", reason=repr(exc))
 
-    def _emit_snapshots(self, *, final: bool, thetas: list[float] | None = None) -> None:
+    def _emit_snapshots(
+        self, *, final: bool, thetas: list[float] | None = None, through: int | None = None
+    ) -> None:
         """Emit each angle's reconstruction (or only those of ``thetas``) in one fixed pixel
         frame (the planned scan's, or the first snapshot's), so that every event of the
-        stream has the same shape."""
+        stream has the same shape. ``through``: the ``seq_num_through`` of the snapshots
+        (default: the highest ``seq_num`` added)."""
         self._last_emit = time.monotonic()
+        through = self._max_seq_added if through is None else int(through)
         for theta, engine in list(self.engines.items()):
             if engine.num_frames == 0 or (thetas is not None and theta not in thetas):
                 continue
@@ -435,35 +518,17 @@ class PtychoReconstruction(StreamingAnalysis):
                     "error": float(snap.error) if math.isfinite(snap.error) else -1.0,
                     "num_frames": int(snap.num_frames),
                     "num_iterations": int(snap.num_iterations),
+                    "seq_num_through": through,
                     "final": bool(final),
                 },
             )
+        self.seq_num_through = max(self.seq_num_through, through)
 
     # -- public -----------------------------------------------------------------------
     def snapshot(self, theta: float = 0.0) -> PtychoSnapshot | None:
         """The current reconstruction at ``theta`` (None before the first frame)."""
         engine = self.engines.get(round(theta, 3))
         return None if engine is None or engine.num_frames == 0 else engine.snapshot()
-
-
-def _thread_nice() -> int | None:
-    """Scheduling niceness of the calling thread (None where not supported)."""
-    try:
-        return os.getpriority(os.PRIO_PROCESS, 0)
-    except (AttributeError, OSError):
-        return None
-
-
-def _set_thread_nice(thread: threading.Thread | None, nice: int) -> bool:
-    """Set the niceness of ``thread`` (Linux: per thread); False where it is not possible."""
-    native_id = getattr(thread, "native_id", None)
-    if native_id is None or not thread.is_alive() or not sys.platform.startswith("linux"):
-        return False
-    try:
-        os.setpriority(os.PRIO_PROCESS, native_id, int(nice))
-    except (AttributeError, OSError):  # e.g. no permission to raise the priority again
-        return False
-    return True
 
 
 def place_in_frame(

@@ -78,6 +78,9 @@ class TomoReconstruction(StreamingAnalysis):
         SIRT iterations on the whole volume after the last angle (0: plain FBP).
     device : str
         Torch device.
+    worker_nice : int
+        While a run is open, the worker runs this much nicer than the RunEngine's thread
+        (see :class:`~synaps_agent.callbacks.analysis.StreamingAnalysis`). 0 disables.
     """
 
     processor = "tomo_reconstruction"
@@ -89,8 +92,9 @@ class TomoReconstruction(StreamingAnalysis):
         snapshot_interval: float = 2.0,
         refine_iterations: int = 0,
         device: str = "cpu",
+        worker_nice: int = 10,
     ) -> None:
-        super().__init__(sink)
+        super().__init__(sink, worker_nice=worker_nice)
         self.snapshot_interval = float(snapshot_interval)
         self.refine_iterations = int(refine_iterations)
         self.device = device

@@ -15,9 +15,35 @@ __all__ = ["replay_run"]
 
 
 def replay_run(
-    catalog: Any, uid: str, *, segment: bool = True, timeout: float = 600.0, log=print
+    catalog: Any,
+    uid: str,
+    *,
+    segment: bool = True,
+    timeout: float = 600.0,
+    log=print,
+    reconstruction: dict | None = None,
 ) -> dict:
     """Reconstruct the raw run ``uid`` of ``catalog`` from its stored documents.
+
+    Parameters
+    ----------
+    catalog : Catalog
+        Holds the raw run; the products go to its ``processed`` container.
+    uid : str
+        The raw run.
+    segment : bool
+        Also segment ptychographic reconstructions.
+    timeout : float
+        Seconds to wait for each callback to finish.
+    log : callable
+        Progress messages.
+    reconstruction : dict, optional
+        Keyword arguments of the reconstruction callback
+        (:class:`~synaps_agent.callbacks.ptycho.PtychoReconstruction` or
+        :class:`~synaps_agent.callbacks.tomo.TomoReconstruction`), e.g. the ``config``,
+        ``chunk_frames`` and ``chunk_iterations`` the live callback had: with a chunk
+        schedule the replay's snapshots equal the live ones. ``snapshot_interval``
+        defaults to 0 (only the final snapshot, or one per chunk).
 
     Returns
     -------
@@ -43,6 +69,7 @@ def replay_run(
             "(ptychography, ptycho-tomography or tomography)"
         )
     _check_geometry(uid, modality, run.start)
+    options = {"snapshot_interval": 0, **(reconstruction or {})}
     started: list[str] = []
 
     def record(name: str, doc: dict) -> None:
@@ -54,7 +81,7 @@ def replay_run(
     if modality == "tomography":
         from .callbacks.tomo import TomoReconstruction
 
-        callbacks.append(TomoReconstruction(sink, snapshot_interval=0))
+        callbacks.append(TomoReconstruction(sink, **options))
     else:
         from .callbacks.ptycho import PtychoReconstruction
 
@@ -66,7 +93,7 @@ def replay_run(
             seg = LiveSegmentation(sink, segmenter=default_segmenter())
             recon_sink = DocumentSink(catalog.writer("processed"), record, seg)
             callbacks.append(seg)
-        callbacks.insert(0, PtychoReconstruction(recon_sink, snapshot_interval=0))
+        callbacks.insert(0, PtychoReconstruction(recon_sink, **options))
     log(f"replaying {modality} run {uid} through {[type(c).__name__ for c in callbacks]} ...")
     for name, doc in run.documents():
         callbacks[0](name, doc)

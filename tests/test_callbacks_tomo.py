@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import pytest
 
@@ -135,3 +138,25 @@ def test_angle_order_does_not_matter(tomo_beamline):
         assert recon.wait(60) and recon.errors == []
         volumes.append(recon.final_volume)
     np.testing.assert_allclose(volumes[0], volumes[1], rtol=1e-4, atol=1e-3 * volumes[0].max())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux")
+def test_tomography_worker_runs_nicer_while_the_run_is_open(RE, tomo_beamline):
+    bl = tomo_beamline
+    recon = TomoReconstruction(snapshot_interval=0, worker_nice=7)
+    seen = []
+
+    def worker_nice(name, doc):
+        worker = recon._worker
+        if name == "event" and worker is not None and worker.is_alive():
+            seen.append(os.getpriority(os.PRIO_PROCESS, worker.native_id))
+
+    RE.subscribe(recon)
+    RE.subscribe(worker_nice)  # after the reconstruction: its worker exists by then
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    RE(tomo_scan([bl.proj_det], bl.stage.theta, num=4, shutter=bl.shutter))
+    assert recon.wait(60) and recon.errors == []
+    assert seen and all(n == min(19, base + 7) for n in seen), (base, seen)
+    assert recon.fbp.num_angles == 4
+    with pytest.raises(ValueError, match="worker_nice"):
+        TomoReconstruction(worker_nice=-1)
