@@ -110,6 +110,12 @@ class AgentFeed:
         The agent's state is saved there (``<path>.json`` + ``<path>.npz``) after every
         decision and when the scan ends, so a new session can go on from it
         (:meth:`resume`). A failed save is logged; the scan goes on.
+    map_frames : callable, optional
+        Returns how many exposures the latest uncertainty map reflects (e.g.
+        ``LiveSegmentation.frames_in_map``). With it, :meth:`map_is_current` says whether
+        the map has caught up with every exposure measured in this run, and the adaptive
+        plans wait for that before each decision (bounded by their ``map_timeout``), so
+        the same seed gives the same scan whatever the machine's load.
     """
 
     def __init__(
@@ -121,6 +127,7 @@ class AgentFeed:
         sink: Subscriber | None = None,
         state_path: str | Path | None = None,
         view_prior: ViewPrior | None = None,
+        map_frames: Callable[[], int] | None = None,
     ) -> None:
         if agent.space.spatial_index and not (footprint_radius or 0) > 0:
             raise ValueError(
@@ -131,6 +138,12 @@ class AgentFeed:
         self.footprint_radius = float(footprint_radius or 0.0)
         self.sink = sink
         self.view_prior = view_prior
+        self.map_frames = map_frames
+        #: exposures measured in the current run (what an up-to-date map reflects)
+        self.exposures_measured = 0
+        #: decisions taken on a map that had not caught up (the plan's wait timed out):
+        #: ``(decision, frames in the map, exposures measured, seconds waited)``
+        self.stale_decisions: list[tuple[int, int, int, float]] = []
         self.measured_angles: list[float] = []
         self.state_path = None if state_path is None else Path(state_path)
         self.saves = 0
@@ -196,6 +209,7 @@ class AgentFeed:
     # -- the run ------------------------------------------------------------------------
     def open(self, raw_uid: str, parameters: dict | None = None) -> None:
         """Start the decisions' analysis run for the raw run ``raw_uid``."""
+        self.exposures_measured = 0  # the run's reconstruction starts from nothing
         if self.sink is not None:
             self.analysis = AnalysisRun(
                 self.sink,
@@ -224,6 +238,36 @@ class AgentFeed:
             self.analysis = None
 
     # -- from the plan ------------------------------------------------------------------
+    def frames_in_map(self) -> int | None:
+        """Exposures the latest map reflects (``None`` without ``map_frames``)."""
+        return None if self.map_frames is None else int(self.map_frames())
+
+    def map_is_current(self) -> bool:
+        """Whether the latest map reflects every exposure measured in this run (always
+        true without ``map_frames``: nothing to wait for)."""
+        frames = self.frames_in_map()
+        return frames is None or frames >= self.exposures_measured
+
+    def map_wait_timed_out(self, waited: float) -> None:
+        """The plan waited ``waited`` s for the map to catch up and goes on with the
+        latest one: logged, kept in :attr:`stale_decisions` and stored in the decisions'
+        run (stream ``stale_maps``)."""
+        frames = self.frames_in_map()
+        frames = -1 if frames is None else frames
+        record = (self.decisions + 1, frames, self.exposures_measured, float(waited))
+        self.stale_decisions.append(record)
+        logger.warning(
+            "decision %d: the uncertainty map reflects %d of %d exposures after %.1f s; "
+            "going on with it",
+            *record,
+        )
+        if self.analysis is not None:
+            self.analysis.event(
+                "stale_maps",
+                {"decision": record[0], "map_frames": frames,
+                 "exposures": self.exposures_measured, "waited_s": float(waited)},
+            )  # fmt: skip
+
     def refresh(self) -> bool:
         """Take a newer uncertainty map if there is one; tell the gains it reveals."""
         latest = self.uncertainty()
@@ -271,6 +315,7 @@ class AgentFeed:
         ``1 - after``, i.e. teach the agent that the *certain* regions pay).
         """
         point = np.asarray(point, dtype=float).ravel()
+        self.exposures_measured += 1
         self.agent.record_measured(point)  # not proposed again while its gain is pending
         before = None if self._current is None else self._uncertainty_at(point)
         if self.agent.space.angle_index:
@@ -299,6 +344,8 @@ class AgentFeed:
         self.refresh()
         self._update_view_prior()
         docs, points = self.agent.ask(batch_size)
+        frames = self.frames_in_map()
+        frames = -1 if frames is None else frames
         self.decisions += 1
         self.save_state()
         if self.analysis is not None:
@@ -311,6 +358,7 @@ class AgentFeed:
                         "details": _json(doc),
                         "pending": len(self._pending),
                         "told": self.told,
+                        "map_frames": frames,
                     },
                 )
         return np.asarray(points, dtype=float)

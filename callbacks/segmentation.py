@@ -97,6 +97,8 @@ class SegmentationSnapshot:
         uid of the reconstruction's analysis run.
     seq_num : int
         seq_num of the reconstruction event segmented.
+    num_frames : int
+        Frames the segmented reconstruction held (-1 if its event did not say).
     """
 
     result: SegmentationResult
@@ -108,6 +110,7 @@ class SegmentationSnapshot:
     final: bool = False
     recon_uid: str | None = None
     seq_num: int = 0
+    num_frames: int = -1
     summary: dict | None = field(default=None, repr=False)
 
 
@@ -345,6 +348,7 @@ class LiveSegmentation(StreamingAnalysis):
             final=snap.final,
             recon_uid=self.recon_uid,
             seq_num=snap.seq_num,
+            num_frames=snap.num_frames,
         )
         with self._latest_lock:
             self._latest[round(snap.theta, 3)] = latest
@@ -431,6 +435,19 @@ class LiveSegmentation(StreamingAnalysis):
         """The most recent segmentation at angle ``theta``."""
         with self._latest_lock:
             return self._latest.get(round(float(theta), 3))
+
+    def frames_in_map(self, theta: float | None = None) -> int:
+        """How many frames the reconstruction behind the latest segmentation held (at
+        ``theta``, default the most recent of any angle): what the map of
+        :meth:`uncertainty_for_agent` reflects. 0 before the first segmentation, -1 if
+        the reconstruction did not say.
+
+        An adaptive scan waits until this reaches the exposures it took (e.g.
+        ``AgentFeed(..., map_frames=seg.frames_in_map)``), so its decisions do not
+        depend on how fast the analysis keeps up.
+        """
+        latest = self.latest if theta is None else self.latest_at(theta)
+        return 0 if latest is None else int(latest.num_frames)
 
     def uncertainty_for_agent(
         self, theta: float | None = None

@@ -14,6 +14,7 @@ place, and recorded. One run per scan; the stop document's reason says why it st
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
@@ -39,6 +40,7 @@ __all__ = [
     "adaptive_ptycho_tomo_scan",
     "adaptive_scan",
     "adaptive_tomo_scan",
+    "wait_for_map",
 ]
 
 Plan = Generator[Msg, Any, str]
@@ -78,6 +80,7 @@ def adaptive_scan(
     md: dict | None,
     monitor: Readable | None = None,
     prelude: Callable[[], Plan] | None = None,
+    map_timeout: float = 30.0,
 ) -> Plan:
     """The loop every adaptive scan shares: seeds, then ask / move / expose / tell.
 
@@ -95,6 +98,11 @@ def adaptive_scan(
     retake is not charged. If the retake reads 0 too, the point is left unmeasured for
     the agent to choose again (and still charged: a beam that stays down ends the scan
     at its budget).
+
+    Before each decision the plan waits (:func:`wait_for_map`, at most ``map_timeout`` s)
+    until the feed's uncertainty map reflects every exposure measured so far, so the
+    decisions do not depend on how fast the analysis keeps up; a feed that cannot tell
+    (no ``map_is_current``) is not waited for.
 
     Yields
     ------
@@ -114,6 +122,8 @@ def adaptive_scan(
         check_within_limits(motor, seeds[:, i])
     done = getattr(feed, "already_done", None)
     todo = seeds if done is None else seeds[~done(seeds)]  # a resumed scan skips them
+    if not map_timeout >= 0:
+        raise ValueError(f"map_timeout must be >= 0 seconds, got {map_timeout!r}")
     if batch_size < 1 or max_exposures < len(todo):
         raise ValueError(
             "batch_size must be >= 1 and max_exposures >= the number of seeds to measure"
@@ -168,6 +178,7 @@ def adaptive_scan(
         for point in todo:
             exposures += bool((yield from expose_at(point)))
         while True:
+            yield from wait_for_map(feed, map_timeout)
             stop, reason = feed.should_stop()
             if stop:
                 return reason
@@ -193,6 +204,38 @@ def adaptive_scan(
     return (yield from body())
 
 
+def wait_for_map(feed: Any, timeout: float, poll: float = 0.05) -> Generator[Msg, Any, bool]:
+    """Sleep until ``feed.map_is_current()`` (its uncertainty map reflects every
+    exposure measured so far), at most ``timeout`` seconds of wall time.
+
+    The RunEngine stays responsive meanwhile (pause, abort and Ctrl-C act between the
+    sleeps). On timeout the feed is told (``feed.map_wait_timed_out(seconds)``: logged
+    and recorded) and the scan goes on with the latest map. A feed without
+    ``map_is_current`` is not waited for.
+
+    Yields
+    ------
+    Msg
+        ``sleep`` messages of ``poll`` seconds while the map lags (none if it is current).
+
+    Returns
+    -------
+    bool
+        Whether the map caught up.
+    """
+    is_current = getattr(feed, "map_is_current", None)
+    if is_current is None or is_current():
+        return True
+    start = time.monotonic()
+    while not is_current():
+        waited = time.monotonic() - start
+        if waited >= timeout:
+            getattr(feed, "map_wait_timed_out", lambda s: None)(waited)
+            return False
+        yield from bps.sleep(poll)
+    return True
+
+
 def adaptive_ptycho_scan(
     detectors: Sequence[Readable],
     x_motor: Movable,
@@ -205,6 +248,7 @@ def adaptive_ptycho_scan(
     shutter: Movable | None = None,
     md: dict | None = None,
     monitor: Readable | None = None,
+    map_timeout: float = 30.0,
 ) -> Plan:
     """Ptychography where the agent picks the positions.
 
@@ -230,6 +274,10 @@ def adaptive_ptycho_scan(
     monitor : readable, optional
         Incident-intensity monitor (e.g. the beamline's ``i0``): an exposure during which
         it read 0 is taken again once (see :func:`adaptive_scan`).
+    map_timeout : float
+        Longest wait (s) before a decision for the uncertainty map to reflect every
+        exposure so far (:func:`wait_for_map`); then the latest map is used, and that is
+        recorded.
 
     Yields
     ------
@@ -245,7 +293,7 @@ def adaptive_ptycho_scan(
             modality="ptychography", plan_name="adaptive_ptycho_scan",
             pattern={"x_limits": list(x_limits), "y_limits": list(y_limits)},
             batch_size=batch_size, max_exposures=max_exposures, shutter=shutter, md=md,
-            monitor=monitor,
+            monitor=monitor, map_timeout=map_timeout,
         )
     )  # fmt: skip
 
@@ -265,6 +313,7 @@ def adaptive_tomo_scan(
     num_flats: int = 0,
     flat_motor: Movable | None = None,
     flat_position: float | None = None,
+    map_timeout: float = 30.0,
 ) -> Plan:
     """Tomography where the agent picks the rotation angles.
 
@@ -283,7 +332,7 @@ def adaptive_tomo_scan(
         The agent (a space with the single axis theta) and the live uncertainty.
     seed_angles : sequence of float
         First angles (a coarse uniform set), skipped when already measured.
-    batch_size, max_exposures, shutter, md, monitor
+    batch_size, max_exposures, shutter, md, monitor, map_timeout
         As in :func:`adaptive_ptycho_scan`.
     num_darks, num_flats, flat_motor, flat_position
         Dark and flat fields measured in the run before the seeds, as in
@@ -309,7 +358,7 @@ def adaptive_tomo_scan(
             pattern={"theta_limits": _limits(theta_motor), "num_darks": num_darks,
                      "num_flats": num_flats, "flat_position": flat_position},
             batch_size=batch_size, max_exposures=max_exposures, shutter=shutter, md=md,
-            monitor=monitor,
+            monitor=monitor, map_timeout=map_timeout,
             prelude=lambda: reference_fields(detectors, **references),
         )
     )  # fmt: skip
@@ -328,6 +377,7 @@ def adaptive_ptycho_tomo_scan(
     shutter: Movable | None = None,
     md: dict | None = None,
     monitor: Readable | None = None,
+    map_timeout: float = 30.0,
 ) -> Plan:
     """Ptycho-tomography where the agent picks (x, y, theta) together.
 
@@ -341,7 +391,7 @@ def adaptive_ptycho_tomo_scan(
         The agent over (x, y, theta) and the live uncertainty.
     seed_positions : (n, 3) sequence
         First (x, y, theta) points, skipped when already measured.
-    batch_size, max_exposures, shutter, md, monitor
+    batch_size, max_exposures, shutter, md, monitor, map_timeout
         As in :func:`adaptive_ptycho_scan`.
 
     Yields
@@ -357,6 +407,6 @@ def adaptive_ptycho_tomo_scan(
             pattern={"x_limits": list(region[0]), "y_limits": list(region[1]),
                      "theta_limits": _limits(theta_motor)},
             batch_size=batch_size, max_exposures=max_exposures, shutter=shutter, md=md,
-            monitor=monitor,
+            monitor=monitor, map_timeout=map_timeout,
         )
     )  # fmt: skip

@@ -70,6 +70,8 @@ class ScanOutcome:
     event_seconds: np.ndarray | None = None  # simulated clock at each exposure's event
     region_half: float = 0.0  # the region scanned: [-region_half, region_half]**2, stage units
     probe_radius: float = 0.0  # half the probe's FWHM, stage units
+    #: decisions taken before the live map had caught up (the wait for it timed out)
+    stale_maps: int = 0
 
     @property
     def final_iou(self) -> float:
@@ -337,6 +339,7 @@ def run_strategies(
     batch_size: int = 8,
     agent_options: dict | None = None,
     scoring: OfflineScoring | None = OfflineScoring(),
+    map_timeout: float = 60.0,
     log=print,
 ) -> dict[str, ScanOutcome]:
     """Scan one region of a phantom with each strategy, live reconstruction and
@@ -347,6 +350,11 @@ def run_strategies(
     :data:`~synaps_agent.agent.STRATEGIES`) run :func:`adaptive_ptycho_scan` from the
     same coarse seed lattice with ``budget_fraction`` of raster's exposures, on the same
     beamline (same detector noise seed, motors and clock).
+
+    Before each decision an adaptive strategy waits (at most ``map_timeout`` s) for the
+    live uncertainty map to reflect every exposure taken so far
+    (:func:`~synaps_agent.plans.adaptive.wait_for_map`), so that which points it measures
+    does not depend on the machine's load.
 
     Each run is scored twice against ground truth: live (every stored segmentation
     snapshot, :func:`score_run`) and, unless ``scoring`` is None, fairly
@@ -428,6 +436,7 @@ def run_strategies(
                 seg.uncertainty_for_agent,
                 footprint_radius=5 * pixel_um,
                 sink=DocumentSink(catalog.writer("processed")),
+                map_frames=seg.frames_in_map,
             )
             log(
                 f"{strategy}: budget {budget} exposures ({budget_fraction:.0%} of raster), "
@@ -436,7 +445,7 @@ def run_strategies(
             plan = adaptive_ptycho_scan(
                 [bl.ptycho_det], bl.stage.x, bl.stage.y, feed, seeds,
                 batch_size=batch_size, max_exposures=budget, shutter=bl.shutter,
-                md={"strategy": strategy},
+                md={"strategy": strategy}, map_timeout=map_timeout,
             )  # fmt: skip
         (uid,) = RE(plan)
         RE.unsubscribe(token)
@@ -447,6 +456,8 @@ def run_strategies(
         outcome = _outcome(strategy, uid, positions, bl, recon, seg, catalog, phantom, roi_px)
         outcome.event_seconds = np.asarray(clock_at_event, dtype=float)
         outcome.region_half, outcome.probe_radius = half, 5 * pixel_um
+        if strategy != "raster":
+            outcome.stale_maps = len(feed.stale_decisions)
         if scoring is not None:
             outcome.fair_curve = offline_iou_curve(
                 catalog, uid, phantom, roi_px, segmenter, fair_budgets, scoring

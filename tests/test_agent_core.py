@@ -243,3 +243,41 @@ def test_ask_at_2000_observations_uses_the_sparse_model_and_learns_new_data():
     after = agent.surrogate.posterior(new)
     assert np.mean(before.mean) < 0.3 and np.mean(after.mean) > 0.5
     assert np.mean(after.std) < 0.5 * np.mean(before.std)
+
+
+def test_footprint_coverage_is_the_unseen_part_of_a_footprint():
+    from synaps_agent.agent.candidates import FootprintCoverage
+
+    space = ptycho_space()
+    cov = FootprintCoverage(space, 4.0, np.array([[32.0, 32.0]]))
+    fresh = cov.uncovered(np.array([[32.0, 32.0], [10.0, 10.0], [36.0, 32.0]]))
+    assert fresh[0] == 0.0 and fresh[1] == 1.0
+    # two discs of radius r a distance r apart share 39 % of their area
+    assert fresh[2] == pytest.approx(0.61, abs=0.05)
+    cov.cover(np.array([[36.0, 32.0]]))
+    assert cov.uncovered(np.array([[36.0, 32.0]]))[0] == 0.0
+    # at the region's corner only the part of the footprint inside the region counts
+    assert FootprintCoverage(space, 4.0, np.zeros((0, 2))).uncovered(np.zeros((1, 2)))[0] == 1.0
+    with pytest.raises(ValueError, match="radius"):
+        FootprintCoverage(space, 0.0, np.zeros((0, 2)))
+
+
+def test_a_batch_spreads_over_fresh_ground():
+    """On a flat posterior, the coverage term makes the points of one batch see disjoint
+    parts of the region (each pick's footprint counts as seen for the next)."""
+    from synaps_agent.agent.candidates import FootprintCoverage
+    from synaps_agent.agent.surrogate import GainSurrogate
+
+    space = ptycho_space()
+    cands = lattice(np.zeros(2), np.full(2, float(N)), 1.0)
+    post = GainSurrogate(space, 8.0).posterior(cands)  # no data: the same everywhere
+    radius = 4.0
+    coverage = FootprintCoverage(space, radius, np.zeros((0, 2)))
+    idx, _, summary = select_batch(
+        post, cands, 8, space=space, acquisition="variance", cost_aware=False,
+        coverage=coverage, coverage_value=1.0,
+    )  # fmt: skip
+    picks = cands[idx]
+    d = np.linalg.norm(picks[:, None] - picks[None], axis=-1) + np.eye(8) * 1e9
+    assert d.min() >= 2 * radius - 1.0
+    assert summary["coverage_value"] == 1.0 and summary["uncovered_max"] == 1.0

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from scipy.special import ndtr
 
+from synaps_agent.agent.candidates import FootprintCoverage
 from synaps_agent.agent.space import ScanSpace
 from synaps_agent.agent.surrogate import Posterior
 
@@ -85,8 +86,17 @@ def select_batch(
     exposure_time: float = 1.0,
     embedding: Callable[[np.ndarray], np.ndarray] | None = None,
     min_distance: float = 1.0,
+    coverage: FootprintCoverage | None = None,
+    coverage_value: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Greedy sequential batch with kriging-believer fantasies.
+
+    With ``coverage``, a candidate is also worth ``coverage_value`` times the fraction of
+    its footprint no measurement has seen yet (:meth:`FootprintCoverage.uncovered`), on
+    top of the acquisition: the uncertainty map is 1 where nothing was measured, and
+    measuring there removes most of it at once. Each pick's footprint counts as covered
+    for the next picks of the batch, so a batch spreads over fresh ground instead of
+    piling onto one uncertain spot.
 
     After each pick the chosen point is "observed" at its posterior mean: the mean is
     unchanged, the variance shrinks by the rank-one update of the fantasised observation
@@ -98,7 +108,8 @@ def select_batch(
     Returns
     -------
     indices : (q',) int array of chosen candidates (q' <= q if candidates run out)
-    values : (q',) acquisition values (before cost weighting) at the picks
+    values : (q',) acquisition values (with the coverage term, before cost weighting) at
+        the picks
     summary : dict with statistics of the first round of scores
     """
     n = len(candidates)
@@ -113,6 +124,9 @@ def select_batch(
     for t in range(min(q, n)):
         std = np.sqrt(np.maximum(var, 0.0))
         acq = _score(acquisition, mean, std, beta, best_f)
+        if coverage is not None and coverage_value > 0:
+            fresh = coverage.uncovered(candidates)
+            acq = acq + coverage_value * fresh
         score = acq
         if cost_aware and pos is not None:
             score = information_per_second(acq, space.travel_time(pos, candidates), exposure_time)
@@ -126,6 +140,9 @@ def select_batch(
                 "mean_max": float(np.max(mean)),
                 "std_max": float(np.max(std)),
             }
+            if coverage is not None and coverage_value > 0:
+                summary["coverage_value"] = float(coverage_value)
+                summary["uncovered_max"] = float(np.max(fresh))
         score = np.where(alive, score, -np.inf)
         j = int(np.argmax(score))
         if not np.isfinite(score[j]):
@@ -133,6 +150,8 @@ def select_batch(
         chosen.append(j)
         values.append(float(acq[j]))
         alive[j] = False
+        if coverage is not None and coverage_value > 0:
+            coverage.cover(candidates[j : j + 1])
         if emb is not None:
             alive &= np.sum((emb - emb[j]) ** 2, axis=1) > min_distance**2
         if acquisition == "ei":

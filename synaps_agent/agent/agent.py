@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from synaps_agent.agent.acquisition import ACQUISITIONS, order_by_travel, select_batch
-from synaps_agent.agent.candidates import CandidateGenerator
+from synaps_agent.agent.candidates import CandidateGenerator, FootprintCoverage
 from synaps_agent.agent.safety import SafetyGate
 from synaps_agent.agent.space import ScanSpace
 from synaps_agent.agent.stopping import StoppingRule, mean_uncertainty
@@ -62,6 +62,13 @@ class AgentConfig:
         lattice step for spatial axes and half the angle step for angles).
     batch_min_distance : float
         Minimum distance between points of one batch, in tolerance units.
+    coverage_weight : float
+        Scan spaces of (x, y) alone, with ``probe_fwhm``: a candidate is also worth
+        ``coverage_weight`` times the uncertainty a fresh footprint removes (1 minus the
+        map's mean where it is measured) times the fraction of its footprint (radius
+        ``probe_fwhm / 2``) no measurement has seen yet, and each pick of a batch counts
+        as seen for the next (:class:`~synaps_agent.agent.candidates.FootprintCoverage`).
+        0: the GP's acquisition alone.
     surrogate : SurrogateConfig
     """
 
@@ -77,6 +84,7 @@ class AgentConfig:
     max_candidates: int = 1024
     tolerance: dict[str, float] | None = None
     batch_min_distance: float = 1.0
+    coverage_weight: float = 1.0
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
 
     @classmethod
@@ -383,6 +391,7 @@ class ImagingAgent:
             sur.fit(self.rng)
         post = sur.posterior(cands)
         best_f = float(np.max(sur.y)) if sur.n else 0.0
+        coverage, coverage_value = self._coverage()
         idx, values, summary = select_batch(
             post,
             cands,
@@ -396,8 +405,30 @@ class ImagingAgent:
             exposure_time=cfg.exposure_time,
             embedding=lambda c: self.space.scaled_embedding(c, self.tolerance),
             min_distance=cfg.batch_min_distance,
+            coverage=coverage,
+            coverage_value=coverage_value,
         )
         return idx, values, (post.mean, post.std), summary
+
+    def _coverage(self) -> tuple[FootprintCoverage | None, float]:
+        """The measured footprints and what covering a fresh one is worth: the
+        uncertainty it removes, 1 (the map where nothing was measured) minus the map's mean
+        over the covered part, times ``coverage_weight``."""
+        cfg = self.config
+        # a rotation axis besides (x, y): every angle is its own projection, and a
+        # footprint seen at one angle is not seen at the others
+        planar = len(self.space.spatial_index) == 2 and not self.space.angle_index
+        if not (cfg.coverage_weight > 0 and cfg.probe_fwhm is not None and planar):
+            return None, 0.0
+        coverage = FootprintCoverage(self.space, cfg.probe_fwhm / 2, self.gate.measured.points)
+        fresh_gain = 1.0
+        covered = coverage.covered_centres()
+        if self.uncertainty_map is not None and len(covered):
+            points = np.zeros((len(covered), self.space.ndim))
+            points[:, self.space.spatial_index] = covered
+            measured_level = float(np.mean(self.surrogate.prior_values(points)[:, 0]))
+            fresh_gain = float(np.clip(1.0 - measured_level, 0.0, 1.0))
+        return coverage, cfg.coverage_weight * fresh_gain
 
     # -- report ------------------------------------------------------------------------------
     def report(self) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from scipy.spatial import cKDTree
 
 from synaps_agent.agent.space import ScanSpace
 
-__all__ = ["CandidateGenerator", "angle_grid", "lattice"]
+__all__ = ["CandidateGenerator", "FootprintCoverage", "angle_grid", "lattice"]
 
 
 def lattice(low: np.ndarray, high: np.ndarray, step: float) -> np.ndarray:
@@ -155,3 +155,71 @@ class CandidateGenerator:
             return candidates
         idx = np.sort(rng.choice(len(candidates), size=self.max_candidates, replace=False))
         return candidates[idx]
+
+
+class FootprintCoverage:
+    """Which part of the scan region the probe footprints of measured points cover.
+
+    The spatial box of ``space`` is rasterised (cell edge ``radius / 4``, at most 128
+    cells per axis); a cell is covered when its centre lies within ``radius`` of a
+    measured point. :meth:`uncovered` is the fraction of a candidate's footprint (the
+    cells within ``radius`` of it, inside the box) that nothing covers yet: the part of
+    the region a measurement there would see for the first time. :meth:`cover` marks
+    footprints as covered (the points of a batch being chosen).
+
+    Parameters
+    ----------
+    space : ScanSpace
+        Must have two spatial axes.
+    radius : float
+        Footprint radius (stage units), e.g. half the probe's FWHM.
+    measured : (n, d) array
+        Points measured so far (the space's columns).
+    """
+
+    def __init__(self, space: ScanSpace, radius: float, measured: np.ndarray) -> None:
+        si = space.spatial_index
+        if len(si) != 2 or not radius > 0:
+            raise ValueError("footprint coverage needs two spatial axes and a positive radius")
+        self.si = si
+        self.low, high = space.low[si], space.high[si]
+        self.cell = max(radius / 4, float(np.max(high - self.low)) / 128)
+        span = np.ceil((high - self.low) / self.cell).astype(int) + 1
+        self.shape = (int(span[0]), int(span[1]))
+        gx, gy = (self.low[k] + self.cell * np.arange(self.shape[k]) for k in range(2))
+        self.centres = np.stack(np.meshgrid(gx, gy, indexing="ij"), axis=-1).reshape(-1, 2)
+        self.covered = np.zeros(self.shape, dtype=bool)
+        pts = np.asarray(measured, dtype=float).reshape(-1, space.ndim)[:, si]
+        if len(pts):
+            d, _ = cKDTree(pts).query(self.centres, distance_upper_bound=radius * (1 + 1e-9))
+            self.covered = (d <= radius * (1 + 1e-9)).reshape(self.shape)
+        n = int(np.ceil(radius / self.cell))
+        ox, oy = np.meshgrid(np.arange(-n, n + 1), np.arange(-n, n + 1), indexing="ij")
+        inside = (ox * self.cell) ** 2 + (oy * self.cell) ** 2 <= radius**2 * (1 + 1e-9)
+        self._stencil = np.stack([ox[inside], oy[inside]], axis=1)
+
+    def _cells(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cell indices of each point's footprint and which of them lie in the box."""
+        xy = np.asarray(points, dtype=float)[:, self.si]
+        centre = np.rint((xy - self.low) / self.cell).astype(int)
+        ix = centre[:, None, 0] + self._stencil[None, :, 0]
+        iy = centre[:, None, 1] + self._stencil[None, :, 1]
+        valid = (ix >= 0) & (ix < self.shape[0]) & (iy >= 0) & (iy < self.shape[1])
+        return np.clip(ix, 0, self.shape[0] - 1), np.clip(iy, 0, self.shape[1] - 1), valid
+
+    def uncovered(self, points: np.ndarray) -> np.ndarray:
+        """Fraction (0..1) of each point's footprint in the box not yet covered."""
+        if len(points) == 0:
+            return np.zeros(0)
+        ix, iy, valid = self._cells(points)
+        fresh = ~self.covered[ix, iy] & valid
+        return fresh.sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
+
+    def cover(self, points: np.ndarray) -> None:
+        """Mark the footprints of ``points`` as covered."""
+        ix, iy, valid = self._cells(np.atleast_2d(points))
+        self.covered[ix[valid], iy[valid]] = True
+
+    def covered_centres(self) -> np.ndarray:
+        """Stage coordinates ``(m, 2)`` (spatial columns) of the covered cells."""
+        return self.centres[self.covered.ravel()]
