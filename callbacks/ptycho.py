@@ -26,6 +26,9 @@ from .frames import StreamFrameReader
 
 __all__ = ["PtychoGeometry", "PtychoReconstruction", "place_in_frame"]
 
+#: What an event says about its frame: stage ``(x, y, theta, i0)`` (i0 None if not read).
+Position = tuple[float, float, float, float | None]
+
 UNIT_TO_METRES = {"m": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "nm": 1e-9}
 
 
@@ -180,6 +183,17 @@ class PtychoReconstruction(StreamingAnalysis):
     chunk_iterations : int
         With ``chunk_frames``: mini-batch updates (of ``config.batch_size`` frames drawn
         from all frames received so far) after each chunk is added.
+    i0_key : str, optional
+        Data key of the incident-intensity (I0) monitor in the events (the simulated
+        beamline's ``i0``); events without it are judged by their counts.
+    min_i0_fraction : float
+        A frame whose event's I0 is below this fraction of the median I0 of the run so
+        far (the positive readings up to and including it) is skipped, with a warning
+        naming its ``seq_num``: the beam was weak (a partial dump) or gone.
+    min_counts_fraction : float
+        Without an I0 reading: a frame whose total counts are below this fraction of the
+        median total counts of the run's frames so far is skipped likewise. Lower than
+        ``min_i0_fraction``, because the sample's absorption also lowers the counts.
 
     Notes
     -----
@@ -218,12 +232,26 @@ class PtychoReconstruction(StreamingAnalysis):
         worker_nice: int = 10,
         chunk_frames: int | None = None,
         chunk_iterations: int = 8,
+        i0_key: str | None = "i0",
+        min_i0_fraction: float = 0.5,
+        min_counts_fraction: float = 0.2,
     ) -> None:
         super().__init__(sink, worker_nice=worker_nice)
         if chunk_frames is not None and int(chunk_frames) < 1:
             raise ValueError(f"chunk_frames must be a positive integer, got {chunk_frames!r}")
         if int(chunk_iterations) < 0:
             raise ValueError(f"chunk_iterations must be non-negative, got {chunk_iterations!r}")
+        for name, value in (
+            ("min_i0_fraction", min_i0_fraction),
+            ("min_counts_fraction", min_counts_fraction),
+        ):
+            if not 0.0 <= float(value) < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
+        self.i0_key = i0_key
+        self.min_i0_fraction = float(min_i0_fraction)
+        self.min_counts_fraction = float(min_counts_fraction)
+        self._i0_readings: list[float] = []  # positive I0 of the run's frames, in order
+        self._frame_counts: list[float] = []  # total counts of the run's frames without I0
         self.chunk_frames = None if chunk_frames is None else int(chunk_frames)
         self.chunk_iterations = int(chunk_iterations)
         #: every frame with this ``seq_num`` or a lower one (that had arrived) is in the
@@ -247,7 +275,7 @@ class PtychoReconstruction(StreamingAnalysis):
         self._reader = StreamFrameReader()
         self._primary: set[str] = set()
         self._frames: dict[int, np.ndarray] = {}
-        self._positions: dict[int, tuple[float, float, float]] = {}
+        self._positions: dict[int, Position] = {}
         self._last_emit = 0.0
         self._received = 0
         self._lock = threading.Lock()
@@ -291,6 +319,8 @@ class PtychoReconstruction(StreamingAnalysis):
         self._chunk_paired = set()
         self._chunk_items = 0
         self._max_seq_added = 0
+        self._i0_readings = []
+        self._frame_counts = []
         self.start_worker()
 
     def descriptor(self, doc: dict) -> None:
@@ -316,9 +346,15 @@ class PtychoReconstruction(StreamingAnalysis):
             return
         data = doc["data"]
         theta = float(data[geometry.theta_key]) if geometry.theta_key in data else 0.0
+        i0 = data.get(self.i0_key) if self.i0_key else None
         self._pair(
             doc["seq_num"],
-            position=(float(data[geometry.x_key]), float(data[geometry.y_key]), theta),
+            position=(
+                float(data[geometry.x_key]),
+                float(data[geometry.y_key]),
+                theta,
+                None if i0 is None else float(i0),
+            ),
         )
         frame = data.get(geometry.image_key)
         if frame is not None and doc.get("filled", {}).get(geometry.image_key, True):
@@ -342,7 +378,7 @@ class PtychoReconstruction(StreamingAnalysis):
         seq_num: int,
         *,
         frame: np.ndarray | None = None,
-        position: tuple[float, float, float] | None = None,
+        position: Position | None = None,
     ) -> None:
         with self._lock:
             if frame is not None:
@@ -398,8 +434,10 @@ class PtychoReconstruction(StreamingAnalysis):
             self.engines[key] = engine
         return engine
 
-    def process(self, item: tuple[int, np.ndarray, tuple[float, float, float]]) -> None:
-        seq_num, frame, (x, y, theta) = item
+    def process(self, item: tuple[int, np.ndarray, Position]) -> None:
+        """Check one paired frame (``(seq_num, frame, (x, y, theta, i0))``) and queue it
+        for its angle's engine, or skip it with a warning."""
+        seq_num, frame, (x, y, theta, i0) = item
         geometry = self.geometry
         frame = np.asarray(frame)
         if frame.shape != geometry.frame_shape:
@@ -414,8 +452,37 @@ class PtychoReconstruction(StreamingAnalysis):
         if frame.min(initial=0) < 0:
             self._skip(seq_num, "frame holds negative counts")
             return
+        weak = self._weak_beam(frame, i0)
+        if weak:
+            self._skip(seq_num, weak)
+            return
         row, col = geometry.to_pixels(x, y)
         self._pending.setdefault(round(theta, 3), []).append((seq_num, frame, row, col))
+
+    def _weak_beam(self, frame: np.ndarray, i0: float | None) -> str | None:
+        """Why the frame saw too weak a beam (None if it did not): its I0 against the
+        median I0 of the run so far, or without I0 its total counts against theirs."""
+        if i0 is not None and math.isfinite(i0):
+            if i0 > 0:
+                self._i0_readings.append(i0)
+            if not self._i0_readings:
+                return f"I0 {self.i0_key} = {i0:g} (no beam?)"
+            median = float(np.median(self._i0_readings))
+            if i0 < self.min_i0_fraction * median:
+                return (
+                    f"weak beam: I0 {self.i0_key} = {i0:g} < {self.min_i0_fraction:g} x "
+                    f"the run's median {median:g}"
+                )
+            return None
+        total = float(frame.sum(dtype=np.float64))
+        self._frame_counts.append(total)
+        median = float(np.median(self._frame_counts))
+        if total < self.min_counts_fraction * median:
+            return (
+                f"weak beam: {total:g} counts < {self.min_counts_fraction:g} x the run's "
+                f"median {median:g}"
+            )
+        return None
 
     def _complete_chunk(self, through: int | None) -> None:
         """On the worker: add a completed chunk, run its updates, emit its snapshot."""

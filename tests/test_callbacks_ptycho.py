@@ -234,6 +234,45 @@ def test_chunk_schedule_is_a_function_of_the_documents(ptycho_beamline):
         PtychoReconstruction(chunk_frames=0)
 
 
+def _weaken_beam(beam, after_seq_num, factor, restore_after_seq_num):
+    """A document callback: the beam's intensity drops to ``factor`` after the event
+    ``after_seq_num`` (a partial dump) and comes back after ``restore_after_seq_num``."""
+
+    def callback(name, doc):
+        if name == "event" and doc["seq_num"] == after_seq_num:
+            beam.factor = factor
+        elif name == "event" and doc["seq_num"] == restore_after_seq_num:
+            beam.factor = 1.0
+
+    return callback
+
+
+@pytest.mark.parametrize("with_i0", [True, False], ids=["I0", "counts"])
+def test_frames_of_a_weakened_beam_are_skipped(RE, ptycho_beamline, with_i0):
+    """A partial beam dump mid-scan (exposures 5-7 at 15 % intensity): those frames are
+    skipped with a warning naming their seq_num, judged by the I0 monitor in the events,
+    or without it by their total counts; the others are reconstructed."""
+    bl = ptycho_beamline
+    assert bl.beam.fluctuation == 0
+    recon = PtychoReconstruction(snapshot_interval=0, final_epochs=2)
+    RE.subscribe(recon)
+    RE.subscribe(_weaken_beam(bl.beam, 4, 0.15, 7))
+    detectors = [bl.ptycho_det, bl.i0] if with_i0 else [bl.ptycho_det]
+    RE(
+        raster_ptycho_scan(
+            detectors, bl.stage.x, bl.stage.y, -0.12, 0.12, -0.12, 0.12, 0.06, shutter=bl.shutter
+        )
+    )
+    assert recon.wait(60) and recon.errors == []
+    assert [seq for seq, _ in recon.skipped] == [5, 6, 7]
+    reason = dict(recon.skipped)[6]
+    assert "weak beam" in reason and (("I0 i0" in reason) == with_i0), reason
+    assert sum("event 6 skipped" in w for w in recon.warnings) == 1
+    assert recon.snapshot().num_frames == 25 - 3
+    with pytest.raises(ValueError, match="min_i0_fraction"):
+        PtychoReconstruction(min_i0_fraction=1.5)
+
+
 class Exploding(StreamingAnalysis):
     processor = "exploding"
 
