@@ -17,6 +17,7 @@ truth in two ways:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -340,6 +341,7 @@ def run_strategies(
     agent_options: dict | None = None,
     scoring: OfflineScoring | None = OfflineScoring(),
     map_timeout: float = 60.0,
+    iterations_per_frame: int = 8,
     log=print,
 ) -> dict[str, ScanOutcome]:
     """Scan one region of a phantom with each strategy, live reconstruction and
@@ -351,10 +353,12 @@ def run_strategies(
     same coarse seed lattice with ``budget_fraction`` of raster's exposures, on the same
     beamline (same detector noise seed, motors and clock).
 
-    Before each decision an adaptive strategy waits (at most ``map_timeout`` s) for the
-    live uncertainty map to reflect every exposure taken so far
-    (:func:`~synaps_agent.plans.adaptive.wait_for_map`), so that which points it measures
-    does not depend on the machine's load.
+    The live reconstruction follows a deterministic schedule (chunks of frames that end
+    where the decisions are taken, ``iterations_per_frame`` mini-batch updates per frame),
+    and before each decision an adaptive strategy waits (at most ``map_timeout`` s) for
+    the live uncertainty map to reflect every exposure taken so far
+    (:func:`~synaps_agent.plans.adaptive.wait_for_map`): which points it measures does not
+    depend on the machine's load, and the same seed gives the same scan.
 
     Each run is scored twice against ground truth: live (every stored segmentation
     snapshot, :func:`score_run`) and, unless ``scoring`` is None, fairly
@@ -392,6 +396,9 @@ def run_strategies(
     budget = max(20, int(budget_fraction * len(raster)))
     seeds = raster_positions(-half, half, -half, half, 4 * step, seed=seed)
     fair_budgets = (len(seeds), len(raster) // 4, len(raster) // 2, budget, len(raster))
+    # the live reconstruction's deterministic schedule: chunks that end where a decision is
+    # taken (after the seeds and after every batch), a fixed number of updates per frame
+    chunk = math.gcd(len(seeds), batch_size)
     space = ScanSpace([_stage_axis(name, motor, half) for name, motor in
                        (("x", bl.stage.x), ("y", bl.stage.y))])  # fmt: skip
     outcomes: dict[str, ScanOutcome] = {}
@@ -408,6 +415,8 @@ def run_strategies(
             config=PtychoConfig(batch_size=32, seed=seed),
             snapshot_interval=1.0,
             final_epochs=final_epochs,
+            chunk_frames=chunk,
+            chunk_iterations=iterations_per_frame * chunk,
         )
         token = RE.subscribe(recon)
         bl.clock.reset()

@@ -123,3 +123,29 @@ def test_map_timeout_must_not_be_negative(ptycho_beamline):
     with pytest.raises(ValueError, match="map_timeout"):
         list(adaptive_ptycho_scan([bl.ptycho_det], bl.stage.x, bl.stage.y, feed,
                                   [[0.0, 0.0]], map_timeout=-1))  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_seeded_adaptive_scan_is_reproducible(catalog):
+    """The same seed gives the same measured positions: the live reconstruction follows
+    its deterministic schedule and every decision waits for the map of all exposures."""
+    from synaps_agent.experiment import default_segmenter, run_strategies
+
+    segmenter = default_segmenter()
+    runs = [
+        run_strategies(catalog, ("agent",), case="P-dense", size=48, seed=7,
+                       segmenter=segmenter, final_epochs=2, scoring=None,
+                       log=lambda *a: None)["agent"]  # fmt: skip
+        for _ in range(2)
+    ]
+    first, second = runs
+    assert len(first.positions) == 40  # 9 seeds, then the agent's points up to the budget
+    np.testing.assert_array_equal(first.positions, second.positions)
+    assert first.stale_maps == second.stale_maps == 0
+    for outcome in runs:  # each decision was taken on the map of every exposure before it
+        decisions = _decisions(catalog, outcome.raw_uid)["decisions"]
+        batch = np.asarray(decisions["decision"].read())
+        frames = np.asarray(decisions["map_frames"].read())
+        seeds = frames[0]
+        assert seeds > 0
+        np.testing.assert_array_equal(frames, seeds + 8 * (batch - 1))
