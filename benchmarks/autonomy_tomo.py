@@ -9,12 +9,18 @@ scored against the phantom's ground truth:
 * ``uniform``: ``tomo_scan`` with ``n`` angles evenly over 180 deg; ``n = N`` is the
   full-angle reference.
 * ``golden``: ``tomo_scan`` in golden-angle order.
-* ``adaptive``: ``adaptive_tomo_scan`` with an :class:`~synaps_agent.agent.ImagingAgent`
-  over theta and an :class:`~synaps_agent.callbacks.agent_feed.AgentFeed` whose
-  uncertainty map is the live segmentation uncertainty of the current reconstruction
-  (a central slab, averaged along z): the two-class (solid / not solid) threshold
-  segmenter's ``1 - |2 p - 1|`` with ``p`` a logistic of the attenuation around the
-  threshold. The scan starts from a few uniform seed angles and stops at the budget.
+* ``adaptive``: ``adaptive_tomo_scan`` with a
+  :class:`~synaps_agent.agent.angles.CoverageAgent` over theta (the GP agent whose
+  acquisition picks, among the views that keep the angular coverage for the scan's
+  budget, which come first: :func:`~synaps_agent.agent.angles.spread_views`) and an
+  :class:`~synaps_agent.callbacks.agent_feed.AgentFeed` whose uncertainty map is the live
+  segmentation uncertainty of the current reconstruction (a central slab, averaged along
+  z): the two-class (solid / not solid) threshold segmenter's ``1 - |2 p - 1|`` with
+  ``p`` a logistic of the attenuation around the threshold; its forward projection is
+  the prior over the views. The scan starts from a few uniform seed angles, measures
+  flat fields first (as ``tomo_scan``) and stops at the budget.
+* ``unconstrained``: the same with the plain :class:`~synaps_agent.agent.ImagingAgent`
+  (the acquisition alone chooses; the previous ``adaptive``).
 
 Quality, inside the cylinder every view sees: relative error ``||rec - mu|| / ||mu||``
 of the linear attenuation (1/m), the mean SSIM of the axial slices
@@ -25,8 +31,9 @@ material) against the phantom's labels. Each budget is its own scan.
 
 Every budget is run twice: with the full-angle scan's exposure per projection (half the
 angles, half the dose), and with the full-angle scan's total dose (longer exposures).
-The adaptive scan's agent may not pick a view within ``min_spacing`` of the uniform
-spacing of a measured one (its duplicate tolerance).
+The adaptive scans' agents may not pick a view within ``min_spacing`` of the uniform
+spacing of a measured one (their duplicate tolerance; a quarter: with half, a scan whose
+views end 1.0-1.1 uniform spacings apart has no admissible view left before its budget).
 
 Headline: for each strategy and dose, the fewest angles (of the budgets run) at which the
 relative error is within ``tolerance`` (relative) of the full-angle reference, as a
@@ -47,6 +54,7 @@ import numpy as np
 
 from benchmarks._common import base_parser, print_table, results_dir, torch_threads, write_result
 from synaps_agent.agent import AgentConfig, Axis, ImagingAgent, ScanSpace, StoppingRule
+from synaps_agent.agent.angles import CoverageAgent, angular_gaps
 from synaps_agent.callbacks.agent_feed import AgentFeed
 from synaps_agent.callbacks.segmentation import cylinder_mask
 from synaps_agent.callbacks.tomo import TomoReconstruction
@@ -59,7 +67,7 @@ from synaps_agent.sim_devices.phantoms import make_phantom
 
 NAME = "autonomy_tomo"
 SEEDS = {"phantom": 11, "beamline": 11, "agent": 11}  # outside the development seeds 0-9
-STRATEGIES = ("uniform", "golden", "adaptive")
+STRATEGIES = ("uniform", "golden", "adaptive", "unconstrained")
 #: per-projection exposure as in the full-angle scan, or the full-angle scan's total dose
 DOSES = ("exposure", "total")
 IOU_TOLERANCE = 0.02
@@ -78,7 +86,9 @@ def _params(smoke: bool) -> dict[str, Any]:
             "batch_size": 4,
             "uncertainty_slab": 4,
             "tolerance": 0.05,
-            "min_spacing": 0.5,
+            "min_spacing": 0.25,
+            "coverage_ratio": 0.5,
+            "coverage_slack": 0.0,
             "doses": ["exposure", "total"],
             "torch_threads": 1,
         }
@@ -93,7 +103,9 @@ def _params(smoke: bool) -> dict[str, Any]:
         "batch_size": 4,
         "uncertainty_slab": 16,
         "tolerance": 0.05,
-        "min_spacing": 0.5,
+        "min_spacing": 0.25,
+        "coverage_ratio": 0.5,
+        "coverage_slack": 0.0,
         "doses": ["exposure", "total"],
         "torch_threads": 1,
     }
@@ -224,8 +236,9 @@ def run_strategy(
     extra: dict[str, Any] = {}
     if strategy in ("uniform", "golden"):
         RE(tomo_scan([bl.proj_det], bl.stage.theta, num=budget, scheme=strategy, **flats))
-    elif strategy == "adaptive":
-        extra = _adaptive(RE, bl, recon, recorder, truth, budget, p)
+    elif strategy in ("adaptive", "unconstrained"):
+        extra = _adaptive(RE, bl, recon, recorder, truth, budget, p, flats,
+                          coverage=strategy == "adaptive")  # fmt: skip
     else:
         raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
     if not recon.wait(300) or recon.errors or recon.final_volume is None:
@@ -236,46 +249,13 @@ def run_strategy(
         "dose": dose,
         "photons_per_pixel": photons,
         "angles": len(recorder.angles),
-        "budget": budget,
+        "budget": budget if p.get("use_budget", True) else None,
         "seconds": seconds,
         "chosen_angles": recorder.angles,
+        "largest_gap": float(angular_gaps(recorder.angles).max()),
         **truth.score(recon.final_volume),
         **extra,
     }
-
-
-def _with_flats(plan, bl: SimBeamline, num_flats: int):
-    """``plan`` with ``num_flats`` flat fields (sample out of the beam, stream ``flat``)
-    taken in its run right after the detectors are first staged, as ``tomo_scan`` does.
-
-    ``adaptive_tomo_scan`` takes no flats; without them the reconstruction takes each
-    frame's 99.5th percentile as open beam, which T-electrode (it fills the field of view)
-    never shows, and every scan would be far off (relative error 1.7 instead of 0.8 at
-    24^3). Yields the plan's messages and the flat fields' (``bluesky`` plan_mutator).
-    """
-    import bluesky.plan_stubs as bps
-    import bluesky.preprocessors as bpp
-
-    from synaps_agent.plans.stubs import expose, new_frame_files
-
-    done = []
-
-    def flats(msg):
-        yield msg
-        home = bl.stage.x.position
-        yield from bps.mv(bl.shutter, "open", bl.stage.x, bl.flat_field_x)
-        for _ in range(num_flats):
-            yield from expose([bl.proj_det], stream="flat")
-        yield from bps.mv(bl.stage.x, home)
-        yield from new_frame_files([bl.proj_det])
-
-    def insert(msg):
-        if msg.command == "stage" and msg.obj is bl.proj_det and not done and num_flats:
-            done.append(True)
-            return flats(msg), None
-        return None, None
-
-    return (yield from bpp.plan_mutator(plan, insert))
 
 
 def _adaptive(
@@ -286,37 +266,41 @@ def _adaptive(
     truth: Truth,
     budget: int,
     p: dict,
+    flats: dict[str, Any],
+    coverage: bool = True,
 ) -> dict[str, Any]:
-    """``adaptive_tomo_scan`` of ``budget`` angles from uniform seeds; the agent's figures."""
+    """``adaptive_tomo_scan`` of ``budget`` angles from uniform seeds (flat fields
+    ``flats`` first, as ``tomo_scan``) with a :class:`CoverageAgent` (``coverage``) or a
+    plain :class:`ImagingAgent`; the agent's figures."""
     theta = bl.stage.theta
     space = ScanSpace(
         [Axis("theta", 0.0, 180.0, "deg", period=180.0, velocity=theta.velocity.get())]
     )
-    agent = ImagingAgent(
+    rule = {"budget": budget, "slack": p["coverage_slack"], "coverage_ratio": p["coverage_ratio"]}
+    agent = (CoverageAgent if coverage else ImagingAgent)(
         space,
         AgentConfig(
             angle_step=0.25,
             cost_aware=False,
             beta=1.0,
-            # never within half the uniform spacing of a measured view (or of one another
-            # in a batch): a view that close adds almost nothing to the reconstruction
+            # never within a quarter of the uniform spacing of a measured view (or of one
+            # another in a batch): a view that close adds almost nothing
             tolerance={"theta": p["min_spacing"] * 180.0 / budget},
             batch_min_distance=1.0,
         ),
         stopping=StoppingRule(max_exposures=10 * budget),  # the plan's budget stops it
         seed=SEEDS["agent"],
+        **(rule if coverage else {}),
     )
-    feed = AgentFeed(
-        agent, _live_uncertainty(recon, recorder, truth, p["uncertainty_slab"])
-    )
+    feed = AgentFeed(agent, _live_uncertainty(recon, recorder, truth, p["uncertainty_slab"]))
     num_seeds = min(p["seed_angles"], budget)
     seeds = np.arange(num_seeds) * 180.0 / num_seeds
-    plan = adaptive_tomo_scan(
+    RE(adaptive_tomo_scan(
         [bl.proj_det], theta, feed, seeds,
-        batch_size=p["batch_size"], max_exposures=budget, shutter=bl.shutter,
-    )  # fmt: skip
-    RE(_with_flats(plan, bl, p["num_flats"]))
-    return {"seeds": num_seeds, "decisions": feed.decisions, "told": feed.told}
+        batch_size=p["batch_size"], max_exposures=budget, **flats,
+    ))  # fmt: skip
+    return {"seeds": num_seeds, "decisions": feed.decisions, "told": feed.told,
+            "hyperparameters": agent.surrogate.hyperparameters()}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ report
@@ -358,7 +342,7 @@ def plot(rows: list[dict[str, Any]], reference: dict[str, Any], path: Path) -> P
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.4))
-    markers = {"uniform": "o-", "golden": "s--", "adaptive": "^-"}
+    markers = {"uniform": "o-", "golden": "s--", "adaptive": "^-", "unconstrained": "v:"}
     for ax, key, label in zip(
         axes[:3],
         ("rel_error", "ssim", "solid_iou"),
