@@ -178,8 +178,10 @@ def adaptive_scan(
         for point in todo:
             exposures += bool((yield from expose_at(point)))
         while True:
-            yield from wait_for_map(feed, map_timeout)
-            stop, reason = feed.should_stop()
+            stop, reason = feed.should_stop()  # before the wait: a budget needs no map
+            if not stop and exposures < max_exposures:
+                yield from wait_for_map(feed, map_timeout)
+                stop, reason = feed.should_stop()
             if stop:
                 return reason
             if exposures >= max_exposures:

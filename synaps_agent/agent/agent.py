@@ -293,8 +293,11 @@ class ImagingAgent:
         return None
 
     def should_stop(self) -> tuple[bool, str]:
-        """Evaluate the stopping rule: ``(stop, reason)``."""
-        return self.stopping.check(self.surrogate.n, self.elapsed_time, self.current_uncertainty())
+        """Evaluate the stopping rule: ``(stop, reason)``. The exposure budget counts
+        every point measured (:meth:`record_measured` or :meth:`tell`), whether or not its
+        gain has been told yet."""
+        measured = len(self.gate.measured.points)
+        return self.stopping.check(measured, self.elapsed_time, self.current_uncertainty())
 
     # -- ask ---------------------------------------------------------------------------------
     def ask(self, batch_size: int = 1) -> tuple[list[dict[str, Any]], np.ndarray]:
