@@ -5,13 +5,16 @@ buffered catalog writer (``Catalog.writer(buffered=True)``) of a fresh embedded 
 and injects one fault a third of the way through:
 
 * ``beam_dump``: the beam dies for a while (``Beam.schedule_dump``); the beam suspender
-  holds the scan. Recovery: beam back -> next exposure.
+  holds the scan. Recovery: beam back -> next exposure. The exposures flagged by I0 = 0
+  are recorded (exactly the one taken as the beam died). ``beam_dump_monitor_first``:
+  the same with the I0 monitor triggered before the detector in each event.
 * ``tiled_down``: the Tiled server is stopped mid-scan and restarted after the scan.
   Recovery: server back -> every document stored.
 * ``pause_resume``: ``RE.request_pause()`` from another thread, then ``RE.resume()``.
   Recovery: resume -> next exposure.
 * ``ctrl_c``: one SIGINT (a deferred pause at the next checkpoint), then ``RE.resume()``.
-* ``abort``: a pause, then ``RE.abort()``. Recovery: abort -> the aborted run stored.
+* ``abort``: a pause, then ``RE.abort(reason)``. Recovery: abort -> the aborted run
+  stored (with the reason in its stop document).
 * ``callback_error``: an analysis callback raises on every event (isolated, reported).
 * ``sigkill``: the scanning process is killed; ``Catalog.recover()`` in a new process
   stores what the write-ahead log holds. Recovery: the time ``recover`` takes.
@@ -45,9 +48,11 @@ import numpy as np
 from benchmarks._common import REPO_DIR, base_parser, print_table, write_result
 
 NAME = "reliability"
+ABORT_REASON = "reliability benchmark: abort"
 SEEDS = {"phantom": 1, "beamline": 3}
 FAULTS = (
     "beam_dump",
+    "beam_dump_monitor_first",
     "tiled_down",
     "pause_resume",
     "ctrl_c",
@@ -80,20 +85,23 @@ def make_beamline(catalog: Any, p: dict[str, Any], time_scale: float = 0.0) -> A
     from synaps_agent.sim_devices.beamline import make_sim_beamline
 
     phantom = _phantom(p["phantom_size"])
-    return make_sim_beamline(
+    bl = make_sim_beamline(
         phantom, catalog.frames_directory, seed=SEEDS["beamline"], photons_per_frame=1e5,
         frame_size=p["frame_size"], probe_fwhm_px=10, time_scale=time_scale,
     )
+    bl.beam.clock = bl.clock  # outages on the beamline's clock (make_sim_beamline: not yet)
+    return bl
 
 
-def raster(bl: Any, p: dict[str, Any]) -> Any:
-    """The scanned raster: a square of ``2 * half_width`` um with ``step`` um."""
+def raster(bl: Any, p: dict[str, Any], *, monitor_first: bool = False) -> Any:
+    """The scanned raster: a square of ``2 * half_width`` um with ``step`` um (the I0
+    monitor triggered after the detector in each event, or before it)."""
     from synaps_agent.plans.scans import raster_ptycho_scan
 
     h = p["half_width"]
+    detectors = [bl.i0, bl.ptycho_det] if monitor_first else [bl.ptycho_det, bl.i0]
     return raster_ptycho_scan(
-        [bl.ptycho_det, bl.i0], bl.stage.x, bl.stage.y, -h, h, -h, h, p["step"],
-        shutter=bl.shutter,
+        detectors, bl.stage.x, bl.stage.y, -h, h, -h, h, p["step"], shutter=bl.shutter,
     )
 
 
@@ -213,6 +221,7 @@ def _outcome(catalog: Any, writer: Any, recorder: _Recorder, recovery_s: float,
     return {
         "completed": bool(stop and stop["exit_status"] == "success"),
         "exit_status": stop["exit_status"] if stop else None,
+        "stop_reason": stop.get("reason", "") if stop else None,
         "documents_emitted": len(recorder.documents),
         "documents_lost": documents_lost(catalog, recorder.documents),
         "recovery_s": recovery_s,
@@ -221,17 +230,27 @@ def _outcome(catalog: Any, writer: Any, recorder: _Recorder, recovery_s: float,
 
 
 # ------------------------------------------------------------------------------ faults
-def fault_beam_dump(catalog: Any, p: dict[str, Any]) -> dict[str, Any]:
+def fault_beam_dump(catalog: Any, p: dict[str, Any], monitor_first: bool = False) -> dict[str, Any]:
     bl, RE, writer, recorder = _session(catalog, p)
     restored: list[float] = []
     bl.beam.subscribe(lambda intensity: intensity > 0 and restored.append(time.perf_counter()))
     bl.beam.schedule_dump(max(num_points(p) // 3, 1), down_for=p["beam_down_s"])
     try:
-        RE(raster(bl, p))
+        RE(raster(bl, p, monitor_first=monitor_first))
         recovery = recorder.first_event_after(restored[0]) if restored else float("nan")
-        return _outcome(catalog, writer, recorder, recovery, dumps=bl.beam.dumps)
+        result = _outcome(catalog, writer, recorder, recovery, dumps=bl.beam.dumps,
+                          beam_down_simulated_s=bl.clock.by_kind.get("beam_down", 0.0))
     finally:
         writer.close(timeout=60)
+    # the exposures flagged by I0 = 0 in the stored run: the one taken as the beam died
+    uid = next(d["uid"] for n, d in recorder.documents if n == "start")
+    i0 = np.asarray(catalog.raw[uid]["primary"]["i0"].read(), dtype=float)
+    result["flagged_exposures"] = np.flatnonzero(i0 <= 0).tolist()
+    return result
+
+
+def fault_beam_dump_monitor_first(catalog: Any, p: dict[str, Any]) -> dict[str, Any]:
+    return fault_beam_dump(catalog, p, monitor_first=True)
 
 
 @contextmanager
@@ -291,7 +310,7 @@ def _pause_and(catalog: Any, p: dict[str, Any], how: str) -> dict[str, Any]:
         RE.unsubscribe(token)
         t0 = time.perf_counter()
         if how == "abort":
-            RE.abort(reason="reliability benchmark: abort")
+            RE.abort(reason=ABORT_REASON)
             writer.flush(timeout=120)
             recovery = time.perf_counter() - t0
         else:
@@ -453,6 +472,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             catalog.close()
     figures = {
         "faults_injected": len(results),
+        "beam_dump_flagged_as_expected": all(
+            len(r["flagged_exposures"]) == 1 for f, r in results.items() if f.startswith("beam")
+        ),
+        "abort_reason_stored": all(
+            r["stop_reason"] == ABORT_REASON for f, r in results.items() if f == "abort"
+        ),
         "scans_completed": sum(r["completed"] for r in results.values()),
         "documents_emitted": sum(r["documents_emitted"] for r in results.values()),
         "documents_lost": sum(r["documents_lost"] for r in results.values()),

@@ -31,10 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bluesky.suspenders import SuspendFloor
 from bluesky.utils import Msg
 
 __all__ = [
     "BufferedWriter",
+    "ShutterGatedFloor",
     "WriteAheadLog",
     "beam_suspender",
     "checkpoint_each_event",
@@ -53,6 +55,7 @@ def beam_suspender(
     resume_above: float = 0.5,
     sleep: float = 0.0,
     nominal: float | None = None,
+    shutter: Any | None = None,
     **kwargs: Any,
 ):
     """A suspender that holds the scan while the beam is down.
@@ -70,6 +73,12 @@ def beam_suspender(
         Seconds to wait after the beam is back before resuming (beam settles).
     nominal : float, optional
         Nominal intensity; default the monitor's ``nominal_flux``.
+    shutter : shutter, optional
+        For a monitor behind the shutter (an I0 ion chamber reading 0 whenever the
+        shutter is closed): a drop while the shutter is closed does not suspend, so a
+        plan that closes it (darks, the end of a scan) is not held forever. Our
+        simulated ``Shutter`` or any signal whose value is the shutter's state (open
+        when it equals the shutter's ``open_value``, default ``"open"``).
     **kwargs
         Passed to :class:`bluesky.suspenders.SuspendFloor` (``pre_plan``, ``post_plan``...).
 
@@ -78,8 +87,6 @@ def beam_suspender(
     bluesky.suspenders.SuspendFloor
         Install it with ``RE.install_suspender(...)``.
     """
-    from bluesky.suspenders import SuspendFloor
-
     signal = getattr(monitor, "source", monitor)
     if nominal is None:
         flux = getattr(monitor, "nominal_flux", None)
@@ -95,13 +102,53 @@ def beam_suspender(
             f"need 0 <= suspend_below <= resume_above, got {suspend_below}, {resume_above}"
         )
     kwargs.setdefault("tripped_message", "beam intensity below threshold (beam dump?)")
-    return SuspendFloor(
-        signal,
-        suspend_below * nominal,
-        resume_thresh=resume_above * nominal,
-        sleep=sleep,
-        **kwargs,
-    )
+    thresholds = dict(resume_thresh=resume_above * nominal, sleep=sleep, **kwargs)
+    if shutter is None:
+        return SuspendFloor(signal, suspend_below * nominal, **thresholds)
+    return ShutterGatedFloor(signal, suspend_below * nominal, shutter=shutter, **thresholds)
+
+
+class ShutterGatedFloor(SuspendFloor):
+    """A ``SuspendFloor`` that does not trip while the shutter is closed (see
+    :func:`beam_suspender`'s ``shutter``)."""
+
+    def __init__(self, signal: Any, suspend_thresh: float, *, shutter: Any, **kwargs: Any):
+        super().__init__(signal, suspend_thresh, **kwargs)
+        self._shutter_signal = getattr(shutter, "state", shutter)
+        self._open_value = getattr(shutter, "open_value", "open")
+        self._shutter_open = False
+        self._last_value: float | None = None
+
+    @property
+    def shutter_is_open(self) -> bool:
+        """The shutter's state as last reported to this suspender (it trips only if open)."""
+        return self._shutter_open
+
+    def __call__(self, value: float, **kwargs: Any) -> None:
+        self._last_value = value
+        super().__call__(value, **kwargs)
+
+    def _follow_shutter(self, value: Any = None, **kwargs: Any) -> None:
+        self._shutter_open = value == self._open_value
+        if not self._shutter_open and self._tripped and self._last_value is not None:
+            # the monitor's drop was seen before the shutter's close: not a beam dump
+            self(self._last_value)
+
+    def _should_suspend(self, value: float) -> bool:
+        return self._shutter_open and super()._should_suspend(value)
+
+    def _should_resume(self, value: float) -> bool:
+        return not self._shutter_open or super()._should_resume(value)
+
+    def install(self, RE: Any, *, event_type: str | None = None) -> None:
+        """Follow the shutter (from a subscription: no Channel Access call in the monitor's
+        callback), then watch the monitor."""
+        self._shutter_signal.subscribe(self._follow_shutter, run=True)
+        super().install(RE, event_type=event_type)
+
+    def remove(self) -> None:
+        self._shutter_signal.clear_sub(self._follow_shutter)
+        super().remove()
 
 
 def checkpoint_each_event(plan: Generator[Msg, Any, Any]) -> Generator[Msg, Any, Any]:

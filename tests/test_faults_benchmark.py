@@ -33,7 +33,13 @@ def test_reliability_benchmark_smoke(tmp_path):
     for fault, outcome in by_fault.items():
         assert outcome["documents_emitted"] > points, fault  # events + start, stop, ...
     assert by_fault["abort"]["exit_status"] == "abort"
-    assert by_fault["beam_dump"]["dumps"] == 1
+    assert by_fault["abort"]["stop_reason"] == reliability.ABORT_REASON
+    assert figures["abort_reason_stored"] and figures["beam_dump_flagged_as_expected"]
+    for fault in ("beam_dump", "beam_dump_monitor_first"):  # either trigger order
+        assert by_fault[fault]["dumps"] == 1
+        # exactly the exposure taken as the beam died is flagged (the dump's exposure)
+        assert by_fault[fault]["flagged_exposures"] == [max(points // 3, 1) - 1], fault
+        assert by_fault[fault]["beam_down_simulated_s"] > 0  # the outage on the sim clock
     assert by_fault["tiled_down"]["buffered_while_down"] > 0
     assert by_fault["tiled_down"]["failed_attempts"] >= 1
     assert by_fault["callback_error"]["errors_reported"] >= points
