@@ -180,6 +180,7 @@ class SimMotor(Device):
         self.user_readback.name = self.name
         self.motor_egu.put(egu)
         self._moving = False
+        self._stall: tuple[float, float, float] | None = None
         self.configure_motion(
             limits=limits,
             velocity=velocity,
@@ -270,10 +271,29 @@ class SimMotor(Device):
         )
         return travel + (float(self.settle_time.get()) if travel > 0 else 0.0)
 
+    def stall_between(self, low: float, high: float, *, timeout: float = 0.2) -> None:
+        """Inject a fault: a move whose target lies in ``[low, high]`` stalls (a motor stuck
+        on a mechanical fault): it never arrives, the readback stays where it was, and
+        its status fails with a timeout after ``timeout`` wall seconds. Cleared by
+        :meth:`clear_faults`."""
+        if not low <= high:
+            raise ValueError(f"{self.name}: stall region needs low <= high, got {low}, {high}")
+        if not timeout > 0:
+            raise ValueError(f"{self.name}: stall timeout must be > 0 seconds, got {timeout}")
+        self._stall = (float(low), float(high), float(timeout))
+
+    def clear_faults(self) -> None:
+        """Remove an injected fault (:meth:`stall_between`)."""
+        self._stall = None
+
     def set(self, value: float) -> MoveStatus:
         """Move to ``value``; the status finishes after the (scaled) simulated move time."""
         self._check_limits(value)
         target = float(value)
+        stall = self._stall
+        if stall is not None and stall[0] <= target <= stall[1]:
+            self.user_setpoint.put(target)
+            return MoveStatus(self, target, timeout=stall[2])  # never finished: times out
         start = self.position
         duration = self.move_time(target)
         wall = self.clock.charge(duration, "move")
