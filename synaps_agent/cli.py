@@ -46,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     commands.add_parser(
         "analysis",
-        help="run reconstruction, segmentation and the agent for a remote RunEngine "
+        help="run reconstructions (ptychography, tomography), segmentation and the agent for "
+        "a remote RunEngine "
         "(see `synaps analysis --help`)",
         add_help=False,
     )

@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import sys
 import threading
 import time
@@ -50,7 +51,13 @@ from .agent import AgentConfig, ImagingAgent, ScanSpace, StoppingRule
 from .callbacks.agent_feed import AgentFeed
 from .callbacks.analysis import DocumentSink, Subscriber
 from .callbacks.ptycho import PtychoReconstruction
-from .callbacks.segmentation import LiveSegmentation, normalize_reconstruction
+from .callbacks.segmentation import (
+    LiveSegmentation,
+    VolumeSegmentation,
+    cylinder_mask,
+    normalize_reconstruction,
+)
+from .callbacks.tomo import TomoReconstruction
 from .recon.ptycho import PtychoConfig
 
 __all__ = [
@@ -65,6 +72,7 @@ __all__ = [
     "connect_publisher",
     "json_deserializer",
     "json_serializer",
+    "publisher_socket",
     "serve_analysis",
 ]
 
@@ -94,7 +102,12 @@ def _tcp(host: str, port: int) -> str:
 
 # -- documents out: proxy and publisher ------------------------------------------------------
 class DocumentProxy:
-    """bluesky's 0MQ :class:`~bluesky.callbacks.zmq.Proxy` on a background thread.
+    """A 0MQ document proxy (SUB in, PUB out, as bluesky's
+    :class:`~bluesky.callbacks.zmq.Proxy`) forwarding on a background thread.
+
+    The sockets are made by bluesky's public ``Proxy.configure_server_socket`` (the same
+    address handling as its ``Proxy``); the forwarder is 0MQ's steerable proxy, so that
+    :meth:`stop` ends it cleanly (bluesky's ``Proxy.start`` blocks until the process ends).
 
     Parameters
     ----------
@@ -105,26 +118,32 @@ class DocumentProxy:
     """
 
     def __init__(self, host: str = LOOPBACK, in_port: int = 0, out_port: int = 0) -> None:
-        self._proxy = Proxy(
-            host if not in_port else f"{host}:{in_port}",
-            host if not out_port else f"{host}:{out_port}",
-        )
-        self.in_address: str = str(self._proxy.in_port)
-        self.out_address: str = str(self._proxy.out_port)
+        self._context = zmq.Context()
+        sockets = []
+        try:
+            for kind, port in ((zmq.SUB, in_port), (zmq.PUB, out_port)):
+                address = _tcp(host, port) if port else f"tcp://{host}"
+                sockets.append(Proxy.configure_server_socket(self._context, kind, address, None))
+        except BaseException:
+            for sock, _ in sockets:
+                sock.close(linger=0)
+            self._context.destroy(linger=0)
+            raise
+        (self._frontend, in_address), (self._backend, out_address) = sockets
+        self._frontend.setsockopt(zmq.SUBSCRIBE, b"")
+        self.in_address: str = str(in_address)
+        self.out_address: str = str(out_address)
         self._thread: threading.Thread | None = None
         self._control: zmq.Socket | None = None
 
     def start(self) -> DocumentProxy:
-        """Forward messages on a daemon thread until :meth:`stop`; returns ``self``.
-
-        The forwarder is 0MQ's steerable proxy between the sockets bluesky's ``Proxy``
-        bound, so that :meth:`stop` can end it cleanly with a TERMINATE command.
-        """
-        context = self._proxy._context
+        """Forward messages on a daemon thread until :meth:`stop`; returns ``self``."""
+        if self._context.closed:
+            raise RuntimeError("this DocumentProxy was stopped: make a new one")
         endpoint = f"inproc://synaps-proxy-control-{id(self)}"
-        self._control = context.socket(zmq.PAIR)
+        self._control = self._context.socket(zmq.PAIR)
         self._control.bind(endpoint)
-        peer = context.socket(zmq.PAIR)
+        peer = self._context.socket(zmq.PAIR)
         peer.connect(endpoint)
         self._thread = threading.Thread(
             target=self._run, args=(peer,), name="synaps-0mq-proxy", daemon=True
@@ -133,27 +152,22 @@ class DocumentProxy:
         return self
 
     def _run(self, control: zmq.Socket) -> None:
-        proxy = self._proxy
         try:
-            zmq.proxy_steerable(proxy._frontend, proxy._backend, None, control)
+            zmq.proxy_steerable(self._frontend, self._backend, None, control)
         finally:
-            proxy.closed = True
-            for sock in (control, proxy._frontend, proxy._backend):
-                sock.close(linger=0)
-            proxy._context.term()  # waits for stop() to close its end of the control pair
+            control.close(linger=0)
 
     def stop(self) -> None:
         """End the forwarder, close every socket and the context."""
         if self._thread is not None:
             self._control.send(b"TERMINATE")
-            self._control.close()
             self._thread.join(10)
-        elif not self._proxy.closed:  # never started
-            self._proxy.closed = True
-            self._proxy._frontend.close(linger=0)
-            self._proxy._backend.close(linger=0)
-            self._proxy._context.term()
+            self._control.close(linger=0)
         self._thread = None
+        if not self._context.closed:
+            self._frontend.close(linger=0)
+            self._backend.close(linger=0)
+            self._context.destroy(linger=0)
 
     def __enter__(self) -> DocumentProxy:
         return self.start()
@@ -163,6 +177,31 @@ class DocumentProxy:
 
     def __repr__(self) -> str:
         return f"DocumentProxy(in={self.in_address}, out={self.out_address})"
+
+
+def publisher_socket(publisher: Publisher) -> zmq.Socket:
+    """The 0MQ PUB socket inside bluesky's :class:`~bluesky.callbacks.zmq.Publisher`.
+
+    The one private attribute of bluesky this module reads (``Publisher._socket``, as of
+    bluesky 1.15): :func:`connect_publisher` must probe on the very socket the documents
+    leave by (0MQ's slow-joiner drop is per connection) with a prefix the dispatchers
+    ignore, and ``Publisher.__call__`` always sends the documents' prefix. If bluesky
+    renames it, this raises (and ``test_bluesky_internals_we_rely_on`` fails) instead
+    of a scan silently losing its start document.
+    """
+    sock = getattr(publisher, "_socket", None)
+    if not isinstance(sock, zmq.Socket) or sock.type != zmq.PUB:
+        raise RuntimeError(
+            f"bluesky {_bluesky_version()}: Publisher no longer keeps its 0MQ PUB socket in "
+            "`_socket`; synaps_agent.remote.publisher_socket must follow it"
+        )
+    return sock
+
+
+def _bluesky_version() -> str:
+    import bluesky
+
+    return str(bluesky.__version__)
 
 
 def connect_publisher(
@@ -204,7 +243,7 @@ def connect_publisher(
     try:
         while time.monotonic() < deadline:
             # an undecodable body: dispatchers without a prefix drop it (non-strict)
-            publisher._socket.send(_PROBE_PREFIX + b" probe \x00")
+            publisher_socket(publisher).send(_PROBE_PREFIX + b" probe \x00")
             if probe.poll(50):
                 probe.recv()
                 return publisher
@@ -258,6 +297,14 @@ class AnalysisServer:
     REP socket. Derived documents (reconstructions, segmentations, decisions) go to
     ``sink`` (e.g. ``catalog.writer("processed")`` or a Tiled writer).
 
+    Ptychography runs feed :class:`PtychoReconstruction` and :class:`LiveSegmentation`;
+    tomography runs feed :class:`TomoReconstruction` (streaming FBP) and, with a
+    ``tomo_segmenter``, :class:`VolumeSegmentation` of its final volume. An agent over
+    the sample plane (x, y, and theta for ptycho-tomography) reads the ptychographic
+    segmentation's uncertainty; an agent over theta alone reads
+    :meth:`tomography_uncertainty` (the live tomogram's central slab segmented by
+    ``tomo_segmenter``), so ``adaptive_tomo_scan`` runs remotely too.
+
     Parameters
     ----------
     proxy_out : str or Dispatcher
@@ -275,6 +322,19 @@ class AnalysisServer:
     ptycho_config : PtychoConfig, optional
     snapshot_interval, final_epochs, min_interval : float, int, float
         As in :class:`PtychoReconstruction` / :class:`LiveSegmentation`.
+    tomo_segmenter : Segmenter, optional
+        Segments real slices of a tomogram (linear attenuation, 1/m), e.g. a
+        :class:`~synaps_agent.segment.forest.ForestSegmenter` trained on reconstructions
+        of other volumes wrapped in :class:`~synaps_agent.segment.base.ProbabilisticSegmenter`.
+        Without it the node reconstructs tomography runs but refuses a rotation agent.
+    tomo_snapshot_interval : float
+        Seconds between the live tomography's snapshot documents.
+    tomo_slab : int
+        Central slices of the tomogram the rotation agent's map averages.
+    tomo_sync : float
+        Longest wait (s), before a rotation agent's decision, for the reconstruction to
+        hold every projection the agent was told of (the decisions then do not depend on
+        the network or the node's load; the agent goes on with what it has after that).
     keep_documents : int
         How many of the latest received documents :attr:`received` keeps.
     """
@@ -292,8 +352,15 @@ class AnalysisServer:
         snapshot_interval: float = 1.0,
         final_epochs: int = 30,
         min_interval: float = 0.5,
+        tomo_segmenter=None,
+        tomo_snapshot_interval: float = 1.0,
+        tomo_slab: int = 8,
+        tomo_sync: float = 10.0,
         keep_documents: int = 10_000,
     ) -> None:
+        if tomo_slab < 1 or not tomo_sync >= 0:
+            raise ValueError(f"tomo_slab must be >= 1 and tomo_sync >= 0, got {tomo_slab}, "
+                             f"{tomo_sync}")  # fmt: skip
         self.proxy_out = proxy_out
         self.sink = DocumentSink(*([sink] if sink is not None else []))
         self.segmentation = LiveSegmentation(
@@ -308,6 +375,19 @@ class AnalysisServer:
             snapshot_interval=snapshot_interval,
             final_epochs=final_epochs,
         )
+        self.tomo_segmenter = tomo_segmenter
+        self.tomo_slab = int(tomo_slab)
+        self.tomo_sync = float(tomo_sync)
+        self.volume_segmentation = (
+            None
+            if tomo_segmenter is None
+            else VolumeSegmentation(self.sink, segmenter=tomo_segmenter)
+        )
+        self.tomography = TomoReconstruction(
+            DocumentSink(self.sink, *filter(None, [self.volume_segmentation])),
+            snapshot_interval=tomo_snapshot_interval,
+        )
+        self._tomo_map: tuple[int, tuple[np.ndarray, tuple]] | None = None
         self.feed: AgentFeed | None = None
         # the latest documents, as they arrived (bounded: the node runs for days)
         self.received: deque[tuple[str, dict]] = deque(maxlen=keep_documents)
@@ -321,6 +401,7 @@ class AnalysisServer:
         self._arrived = threading.Condition()
         self.dispatcher.subscribe(self._record)
         self.dispatcher.subscribe(self.reconstruction)
+        self.dispatcher.subscribe(self.tomography)
         self._context = zmq.Context()
         self._reply = self._context.socket(zmq.REP)
         self._reply.setsockopt(zmq.LINGER, 0)
@@ -343,11 +424,12 @@ class AnalysisServer:
         for thread in self._threads:
             thread.start()
         if isinstance(self.dispatcher, RemoteDispatcher):
-            # its socket connects when its thread starts; a document published before
-            # the subscription reaches the proxy is lost (0MQ PUB/SUB), so start the
-            # node before the scan ('open' then checks that the run's start arrived)
+            # its socket connects when its thread starts, just before its event loop
+            # runs; a document published before the subscription reaches the proxy is
+            # lost (0MQ PUB/SUB), so start the node before the scan ('open' then checks
+            # that the run's start arrived)
             deadline = time.monotonic() + 10
-            while self.dispatcher._socket is None and time.monotonic() < deadline:
+            while not self.dispatcher.loop.is_running() and time.monotonic() < deadline:
                 time.sleep(0.01)
         logger.info(
             "analysis server: documents from %s, agent at %s", self.proxy_out, self.reply_address
@@ -371,8 +453,8 @@ class AnalysisServer:
         if not self._reply.closed:
             self._reply.close()
         self._context.term()
-        self.reconstruction.stop_worker(timeout=30)
-        self.segmentation.stop_worker(timeout=30)
+        for analysis in self._analyses():
+            analysis.stop_worker(timeout=30)
 
     def __enter__(self) -> AnalysisServer:
         return self.start()
@@ -380,9 +462,60 @@ class AnalysisServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def _analyses(self) -> list:
+        return [self.reconstruction, self.segmentation, self.tomography,
+                *filter(None, [self.volume_segmentation])]  # fmt: skip
+
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the reconstruction and segmentation have finished the run."""
-        return self.reconstruction.wait(timeout) and self.segmentation.wait(timeout)
+        """Block until every reconstruction and segmentation has finished its run."""
+        return all(analysis.wait(timeout) for analysis in self._analyses())
+
+    def tomography_uncertainty(self) -> tuple[np.ndarray, tuple[float, ...]] | None:
+        """A rotation agent's map: the segmentation uncertainty of the live tomogram's
+        central ``tomo_slab`` slices, averaged along z, 0 outside the cylinder every view
+        sees (no view resolves it better). Recomputed only when the reconstruction holds
+        more projections; ``None`` before the first one.
+
+        Waits (at most ``tomo_sync`` s) until the reconstruction holds every projection
+        the agent was told of: documents and requests travel on different sockets.
+        """
+        recon = self.tomography
+        told = len(self.feed.measured_angles) if self.feed is not None else 0
+        deadline = time.monotonic() + self.tomo_sync
+        while (recon.fbp is None or recon.fbp.num_angles < told) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
+        fbp = recon.fbp
+        if fbp is None or fbp.num_angles == 0:
+            return None
+        num_angles = fbp.num_angles
+        if self._tomo_map is not None and self._tomo_map[0] == num_angles:
+            return self._tomo_map[1]
+        nz = fbp.shape[0]
+        z0 = max(0, (nz - self.tomo_slab) // 2)
+        slab = recon.snapshot(slices=list(range(z0, min(nz, z0 + self.tomo_slab))))
+        inside = cylinder_mask(slab.shape)[0]
+        coverage = inside.astype(np.float32)
+        uncertainty = np.mean(
+            [self.tomo_segmenter.segment(image, coverage=coverage).uncertainty for image in slab],
+            axis=0,
+        )
+        umap = np.where(inside, uncertainty, 0.0).astype(np.float32)
+        self._tomo_map = (num_angles, (umap, (0.0, 1.0, 0.0, 1.0)))
+        return self._tomo_map[1]
+
+    def _uncertainty_source(self, agent: ImagingAgent) -> Callable[[], Any]:
+        """The map an agent over ``agent.space`` reads (see the class docstring)."""
+        if agent.space.spatial_index:
+            return self.segmentation.uncertainty_for_agent
+        if self.tomo_segmenter is None:
+            raise ValueError(
+                "this analysis node has no tomography segmenter for an agent over theta "
+                "alone: start it with --tomo-segmenter FILE (serve_analysis(tomo_segmenter=))"
+            )
+        self._tomo_map = None
+        return self.tomography_uncertainty
 
     def _record(self, name: str, doc: dict) -> None:
         with self._arrived:
@@ -436,18 +569,19 @@ class AnalysisServer:
         if op not in _OPERATIONS:
             raise ValueError(f"unknown request {op!r} (known: {', '.join(_OPERATIONS)})")
         if op == "ping":
-            return {"documents": len(self.received)}
+            return {"documents": len(self.received), "idle": self.wait(0)}
         if op == "open":
             # the agent's decisions need the live maps of this very run
             wait = min(max(float(request.get("wait", 5.0)), 0.0), 60.0)
             self._wait_for_start(str(request["raw_uid"]), wait)
             agent = agent_from_spec(request["agent"])
+            uncertainty = self._uncertainty_source(agent)
             if self.feed is not None and self.feed.analysis is not None:
                 self.feed.close("a new scan opened before this one closed")
             self.feed = AgentFeed(
                 agent,
-                self.segmentation.uncertainty_for_agent,
-                footprint_radius=float(request["footprint_radius"]),
+                uncertainty,
+                footprint_radius=request.get("footprint_radius"),
                 sink=self.sink,
             )
             self.feed.open(str(request["raw_uid"]), request.get("parameters") or {})
@@ -486,7 +620,7 @@ def json_deserializer(data: bytes) -> dict:
 
 def _point(request: Mapping[str, Any]) -> np.ndarray:
     point = np.asarray(request.get("point"), dtype=float).ravel()
-    if point.size < 2 or not np.all(np.isfinite(point)):
+    if point.size < 1 or not np.all(np.isfinite(point)):
         raise ValueError(f"point must be finite coordinates, got {request.get('point')!r}")
     return point
 
@@ -532,9 +666,10 @@ class AnalysisUnavailableError(TimeoutError):
 class RemoteAgentFeed:
     """An :class:`~synaps_agent.callbacks.agent_feed.AgentFeed` running on the analysis node.
 
-    Same interface (``region``, ``open``, ``measured``, ``failed``, ``ask``,
-    ``should_stop``, ``close``), so :func:`~synaps_agent.plans.adaptive.adaptive_ptycho_scan`
-    uses it unchanged. Each call is one JSON request on a REQ socket.
+    Same interface (``region``, ``open``, ``measured``, ``failed``, ``remeasured``,
+    ``ask``, ``should_stop``, ``close``), so the adaptive plans
+    (:func:`~synaps_agent.plans.adaptive.adaptive_ptycho_scan`, ``adaptive_tomo_scan``)
+    use it unchanged. Each call is one JSON request on a REQ socket.
 
     Parameters
     ----------
@@ -543,12 +678,15 @@ class RemoteAgentFeed:
     agent : ImagingAgent or dict
         The agent to run there (its space, settings, stopping rule and seed are sent; see
         :func:`agent_spec`).
-    footprint_radius : float
-        As in :class:`AgentFeed`.
+    footprint_radius : float, optional
+        As in :class:`AgentFeed` (needed when the agent moves in x, y; not for an agent
+        over theta alone).
     timeout : float
         Seconds to wait for each answer.
-    fallback : (n, 2) sequence, optional
-        A planned pattern. If the analysis side stops answering, the scan continues on
+    fallback : (n, d) sequence, optional
+        A planned pattern, one column per axis of the agent's space (``d``; e.g.
+        ``raster_positions(...)`` for x, y, or angles as ``(n, 1)`` for theta). If the
+        analysis side stops answering, the scan continues on
         the pattern's points not yet measured (within the plan's budget) and the stop
         reason says so; without it, :class:`AnalysisUnavailableError` ends the scan.
     """
@@ -558,27 +696,32 @@ class RemoteAgentFeed:
         address: str,
         agent: ImagingAgent | Mapping[str, Any],
         *,
-        footprint_radius: float,
+        footprint_radius: float | None = None,
         timeout: float = 10.0,
         fallback: Sequence[Sequence[float]] | np.ndarray | None = None,
     ) -> None:
-        if not footprint_radius > 0:
-            raise ValueError(f"footprint_radius must be positive, got {footprint_radius}")
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         self.address = address
         self.spec = agent_spec(agent) if isinstance(agent, ImagingAgent) else dict(agent)
         self.space = ScanSpace.from_dict(self.spec["space"])
-        self.footprint_radius = float(footprint_radius)
+        if self.space.spatial_index and not (footprint_radius or 0) > 0:
+            raise ValueError(
+                f"footprint_radius must be positive for a spatial scan, got {footprint_radius}"
+            )
+        self.footprint_radius = None if footprint_radius is None else float(footprint_radius)
         self.timeout = float(timeout)
         self.fallback: np.ndarray | None = None
         if fallback is not None:
             pattern = np.asarray(fallback, dtype=float)
-            if pattern.ndim != 2 or pattern.shape[1] < 2 or len(pattern) == 0:
-                raise ValueError(f"fallback must be an (n, 2) pattern, got shape {pattern.shape}")
+            ndim = self.space.ndim
+            if pattern.ndim != 2 or pattern.shape[1] != ndim or len(pattern) == 0:
+                raise ValueError(
+                    f"fallback must be an (n, {ndim}) pattern, got shape {pattern.shape}"
+                )
             if not np.all(np.isfinite(pattern)):
                 raise ValueError("fallback pattern has non-finite coordinates")
-            self.fallback = pattern[:, :2]
+            self.fallback = pattern
         self.fell_back: str | None = None  # why the scan left the agent, once it did
         self.decisions = 0
         self._measured: list[np.ndarray] = []
@@ -693,17 +836,17 @@ class RemoteAgentFeed:
     def _remaining_pattern(self) -> np.ndarray:
         """The fallback pattern's points not measured yet (in the planned order)."""
         if self.fallback is None:
-            return np.zeros((0, 2))
+            return np.zeros((0, self.space.ndim))
         if not self._measured:
             return self.fallback
-        measured = np.asarray(self._measured)[:, :2]
-        distance = np.hypot(*(self.fallback[:, None, :] - measured[None, :, :]).transpose(2, 0, 1))
+        measured = np.asarray(self._measured)
+        distance = np.linalg.norm(self.fallback[:, None, :] - measured[None, :, :], axis=2)
         return self.fallback[distance.min(axis=1) > 1e-6]
 
 
 # -- command line ---------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m synaps_agent.remote``: run the analysis node until Ctrl-C."""
+    """``python -m synaps_agent.remote``: run the analysis node until Ctrl-C or SIGTERM."""
     parser = argparse.ArgumentParser(
         prog="synaps-analysis",
         description="Run reconstruction, segmentation and the agent for a remote RunEngine.",
@@ -712,7 +855,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reply-host", default=LOOPBACK, help="interface of the agent socket")
     parser.add_argument("--reply-port", type=int, default=5580, help="port of the agent socket")
     parser.add_argument("--catalog", default=None, help="embedded catalog folder for products")
+    parser.add_argument(
+        "--tomo-segmenter",
+        default=None,
+        metavar="FILE",
+        help="a ForestSegmenter file (ForestSegmenter.save) for tomogram slices, so the node "
+        "also runs the agent of adaptive_tomo_scan; it is unpickled: only files you made",
+    )
     args = parser.parse_args(argv)
+    tomo_segmenter = None
+    if args.tomo_segmenter:
+        from .segment.base import ProbabilisticSegmenter
+        from .segment.forest import ForestSegmenter
+
+        tomo_segmenter = ProbabilisticSegmenter(ForestSegmenter.load(args.tomo_segmenter))
     catalog = None
     sink = None
     if args.catalog:
@@ -721,13 +877,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         catalog = open_catalog(args.catalog)
         sink = catalog.writer("processed")
     server = serve_analysis(
-        args.proxy, reply_host=args.reply_host, reply_port=args.reply_port, sink=sink
+        args.proxy,
+        reply_host=args.reply_host,
+        reply_port=args.reply_port,
+        sink=sink,
+        tomo_segmenter=tomo_segmenter,
     )
+    # Ctrl-C or SIGTERM (a service manager) stops it cleanly; set explicitly, as a
+    # process started in the background of a shell inherits SIGINT ignored
+    stopping = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, lambda *_: stopping.set())
     print(f"analysis node: documents from {args.proxy}; agent at {server.reply_address}")
     sys.stdout.flush()
     try:
-        while True:
-            time.sleep(1)
+        while not stopping.wait(1):
+            pass
     except KeyboardInterrupt:
         pass
     finally:
