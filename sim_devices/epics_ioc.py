@@ -9,7 +9,14 @@ It serves, under one prefix (default ``SYNAPS:``):
   ``[.LLM, .HLM]`` is refused by the record (``.LVIO`` set, nothing moves), and the limits
   are also the ``.VAL`` control limits, so clients refuse it before the put;
 * ``{prefix}shutter``: an enum, ``closed`` / ``open``;
-* ``{prefix}i0``: an incident-flux monitor (photons/s, read only).
+* ``{prefix}i0``: an incident-flux monitor (photons/s, read only);
+* ``{prefix}det:``: a minimal areaDetector, the far-field ptychography camera
+  (:class:`AreaDetectorIOC`: ``cam1:Acquire``, ``cam1:AcquireTime``,
+  ``cam1:ArrayCounter_RBV``, ``image1:ArrayData``, ``image1:ArraySize0_RBV`` /
+  ``ArraySize1_RBV``, and ``cam1:Geometry_RBV``). Each acquisition is the simulated
+  ptychography detector's frame (a phantom behind a focused probe, Poisson noise) at the
+  IOC's own x, y, theta readbacks, with photons only while the shutter PV is ``open``.
+  :class:`IOCPtychoDetector` is the ophyd device a profile connects to it.
 
 It lets the facility template (``profiles/facility``) be tried, and tested, without a
 beamline. Run it on loopback with::
@@ -22,12 +29,27 @@ beamline. Run it on loopback with::
 
 from __future__ import annotations
 
+import json
+import tempfile
 from textwrap import dedent
+from types import SimpleNamespace
 
+import numpy as np
 from caproto import ChannelType
 from caproto.server import PVGroup, SubGroup, ioc_arg_parser, pvproperty, run
+from ophyd import Component as Cpt
+from ophyd import EpicsSignalRO
 
-__all__ = ["MotorRecord", "SynapsBeamlineIOC"]
+from synaps_agent.facility import EpicsAreaDetector
+
+__all__ = ["AreaDetectorIOC", "IOCPtychoDetector", "MotorRecord", "SynapsBeamlineIOC"]
+
+#: the simulated sample and camera behind ``{prefix}det:`` (the tests rebuild them with
+#: these settings to know what each frame should hold)
+DETECTOR_SIMULATION = {
+    "phantom": "P-sparse", "seed": 0, "size": 96, "frame_size": 32,
+    "photons_per_frame": 1e5, "probe_fwhm_px": 10.0,
+}  # fmt: skip
 
 
 class MotorRecord(PVGroup):
@@ -122,12 +144,79 @@ class MotorRecord(PVGroup):
             await fields.done_moving_to_value.write(1)
 
 
+def simulated_ptycho_beamline(frames_directory: str | None = None):
+    """The simulated beamline whose ptychography camera ``{prefix}det:`` serves
+    (:data:`DETECTOR_SIMULATION`); its detector never writes files here."""
+    from .beamline import make_sim_beamline
+    from .phantoms import make_phantom
+
+    settings = DETECTOR_SIMULATION
+    phantom = make_phantom(settings["phantom"], settings["seed"], size=settings["size"])
+    return make_sim_beamline(
+        phantom,
+        frames_directory or tempfile.gettempdir(),
+        seed=settings["seed"],
+        frame_size=settings["frame_size"],
+        photons_per_frame=settings["photons_per_frame"],
+        probe_fwhm_px=settings["probe_fwhm_px"],
+    )
+
+
+class AreaDetectorIOC(PVGroup):
+    """A minimal areaDetector: ``cam1:`` acquisition PVs and an ``image1:`` array.
+
+    A put of 1 (``Acquire``) to ``cam1:Acquire`` exposes for ``cam1:AcquireTime``
+    seconds, publishes the frame in ``image1:ArrayData`` (row-major, ``ArraySize1_RBV``
+    rows of ``ArraySize0_RBV`` columns), increments ``cam1:ArrayCounter_RBV`` and only
+    then completes the put (a client waiting on put completion has the frame) and reads
+    ``Done`` again. ``cam1:Geometry_RBV`` is the JSON of what a reconstruction needs to
+    know about the camera (``PtychoDetector.geometry()``). The frame comes from the
+    parent IOC's :meth:`SynapsBeamlineIOC.expose`.
+    """
+
+    frame_size = DETECTOR_SIMULATION["frame_size"]
+
+    acquire = pvproperty(
+        value="Done", name="cam1:Acquire", dtype=ChannelType.ENUM,
+        enum_strings=["Done", "Acquire"], doc="Start one acquisition",
+    )  # fmt: skip
+    acquire_time = pvproperty(value=0.005, name="cam1:AcquireTime", units="s")
+    array_counter = pvproperty(value=0, name="cam1:ArrayCounter_RBV", read_only=True)
+    geometry = pvproperty(
+        value="{}", name="cam1:Geometry_RBV", dtype=ChannelType.CHAR, max_length=4096,
+        read_only=True,
+    )  # fmt: skip
+    array_size0 = pvproperty(value=frame_size, name="image1:ArraySize0_RBV", read_only=True)
+    array_size1 = pvproperty(value=frame_size, name="image1:ArraySize1_RBV", read_only=True)
+    array_data = pvproperty(
+        value=[0] * frame_size**2, name="image1:ArrayData", dtype=int,
+        max_length=frame_size**2, read_only=True,
+    )  # fmt: skip
+
+    @acquire.startup
+    async def acquire(self, instance, async_lib) -> None:
+        self._sleep = async_lib.library.sleep
+        await self.geometry.write(json.dumps(self.parent.detector_geometry()))
+
+    @acquire.putter
+    async def acquire(self, instance, value) -> str:
+        if value not in ("Acquire", 1):
+            return "Done"
+        await self._sleep(max(float(self.acquire_time.value), 0.0))
+        frame = self.parent.expose()
+        await self.array_data.write(np.asarray(frame, dtype=np.int32).ravel().tolist())
+        await self.array_counter.write(int(self.array_counter.value) + 1)
+        return "Done"
+
+
 class SynapsBeamlineIOC(PVGroup):
-    """Stage x, y (um), theta (deg), a shutter and an I0 monitor on Channel Access.
+    """Stage x, y (um), theta (deg), a shutter, an I0 monitor and a ptychography area
+    detector on Channel Access.
 
     PVs
     ---
-    x, y, theta (motor records), shutter (enum closed/open), i0 (photons/s)
+    x, y, theta (motor records), shutter (enum closed/open), i0 (photons/s),
+    det:cam1:..., det:image1:... (area detector)
     """
 
     x = SubGroup(MotorRecord, prefix="x", limits=(-20.0, 20.0), velocity=50.0, egu="um")
@@ -145,6 +234,42 @@ class SynapsBeamlineIOC(PVGroup):
     i0 = pvproperty(
         value=1e9, name="i0", read_only=True, units="ph/s", doc="Incident flux (photons/s)"
     )
+    det = SubGroup(AreaDetectorIOC, prefix="det:")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._simulation = simulated_ptycho_beamline()
+
+    def detector_geometry(self) -> dict:
+        """What the simulated camera tells a reconstruction (``PtychoDetector.geometry``)."""
+        return self._simulation.ptycho_det.geometry()
+
+    def expose(self) -> np.ndarray:
+        """One frame of the simulated camera at the motors' readbacks (zeros while the
+        shutter is closed)."""
+        detector = self._simulation.ptycho_det
+        position = {
+            axis: SimpleNamespace(
+                position=float(getattr(self, axis).motor.field_inst.user_readback_value.value)
+            )
+            for axis in ("x", "y", "theta")
+        }
+        detector.stage_device = SimpleNamespace(**position)
+        detector.shutter = SimpleNamespace(is_open=self.shutter.value == "open")
+        return detector.acquire()
+
+
+class IOCPtychoDetector(EpicsAreaDetector):
+    """The ophyd device for this IOC's ``{prefix}det:`` camera: an
+    :class:`~synaps_agent.facility.EpicsAreaDetector` whose ``geometry()`` is what the
+    IOC publishes in ``cam1:Geometry_RBV`` (a real camera's class would know it from
+    the beamline's configuration)."""
+
+    geometry_json = Cpt(EpicsSignalRO, "cam1:Geometry_RBV", string=True, kind="omitted")
+
+    def geometry(self) -> dict:
+        served = json.loads(self.geometry_json.get())
+        return {**served, **super().geometry()}
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import inspect
 import os
 import threading
 import tomllib
@@ -23,8 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from ophyd import Component as Cpt
+from ophyd import Device, EpicsSignal, EpicsSignalRO
+from ophyd.status import DeviceStatus
+
+from .sim_devices.frame_files import HDF5FrameWriter
+
 __all__ = [
     "DetectorRole",
+    "EpicsAreaDetector",
     "FacilityConfig",
     "FacilityConfigError",
     "FacilityStage",
@@ -315,6 +324,130 @@ def load_facility_config(path: str | Path) -> FacilityConfig:
     )
 
 
+# -- an area detector over EPICS --------------------------------------------------------
+class EpicsAreaDetector(Device):
+    """A minimal areaDetector client: the frames travel as HDF5 files and
+    StreamResource/StreamDatum documents, like those of the simulated detectors.
+
+    PVs under ``prefix``: ``cam1:Acquire`` (put 1; the IOC completes the put once the
+    frame is out, as areaDetector does in single mode), ``cam1:AcquireTime`` (s),
+    ``cam1:ArrayCounter_RBV``, ``image1:ArrayData`` (the frame, row-major),
+    ``image1:ArraySize0_RBV`` (columns) and ``image1:ArraySize1_RBV`` (rows). Each
+    ``trigger()`` acquires one frame, reads it from ``image1:ArrayData`` and appends it
+    to an HDF5 file in ``frames_directory`` (what an HDF5 file plugin would do on the
+    IOC side; here the client writes it, so the IOC needs no shared filesystem).
+
+    Parameters
+    ----------
+    prefix : str
+        The detector's PV prefix (e.g. ``"XF:99ID-ES{Det:1}"``).
+    name : str
+        Device name (the frames' data key is ``{name}_image``).
+    frames_directory : path
+        Folder for the HDF5 files (readable by the Tiled server and the analysis).
+    geometry : dict, optional
+        What the reconstructions need to know about the camera (keys of
+        ``PtychoDetector.geometry()`` / ``ProjectionDetector.geometry()``); ``frame_shape``
+        and ``image_key`` are added from the PVs. Subclasses may override
+        :meth:`geometry` instead.
+    timeout : float
+        Seconds an acquisition may take beyond its ``AcquireTime``.
+    """
+
+    acquire = Cpt(EpicsSignal, "cam1:Acquire", kind="omitted", put_complete=True)
+    acquire_time = Cpt(EpicsSignal, "cam1:AcquireTime", kind="config")
+    array_counter = Cpt(EpicsSignalRO, "cam1:ArrayCounter_RBV", kind="normal")
+    array_size0 = Cpt(EpicsSignalRO, "image1:ArraySize0_RBV", kind="omitted")
+    array_size1 = Cpt(EpicsSignalRO, "image1:ArraySize1_RBV", kind="omitted")
+    array_data = Cpt(EpicsSignalRO, "image1:ArrayData", kind="omitted")
+
+    def __init__(
+        self,
+        prefix: str = "",
+        *,
+        name: str,
+        frames_directory: str | Path | None = None,
+        geometry: dict | None = None,
+        timeout: float = 10.0,
+        **kwargs,
+    ) -> None:
+        super().__init__(prefix, name=name, **kwargs)
+        self.frames_directory = None if frames_directory is None else Path(frames_directory)
+        self._geometry = dict(geometry or {})
+        self.timeout = float(timeout)
+        self._writer: HDF5FrameWriter | None = None
+
+    @property
+    def image_key(self) -> str:
+        return f"{self.name}_image"
+
+    def frame_shape(self) -> tuple[int, int]:
+        """``(rows, columns)`` = ``(ArraySize1, ArraySize0)``."""
+        return int(self.array_size1.get()), int(self.array_size0.get())
+
+    def geometry(self) -> dict:
+        """The ``geometry`` given, with the frame shape read from the IOC and the data key."""
+        return {**self._geometry, "frame_shape": list(self.frame_shape()),
+                "image_key": self.image_key}  # fmt: skip
+
+    def stage(self) -> list[object]:
+        if self.frames_directory is None:
+            raise RuntimeError(f"{self.name}: no frames_directory to write the frames to")
+        self._writer = HDF5FrameWriter(self.frames_directory, self.image_key, self.frame_shape())
+        self._writer.open()
+        return super().stage()
+
+    def unstage(self) -> list[object]:
+        if self._writer is not None:
+            self._writer.close()
+        return super().unstage()
+
+    def describe(self) -> dict:
+        description = super().describe()
+        description[self.image_key] = {
+            "source": f"PV:{self.prefix}image1:ArrayData",
+            "dtype": "array",
+            "dtype_numpy": np.dtype(np.uint32).str,
+            "shape": list(self.frame_shape()),
+            "external": "STREAM:",
+        }
+        return description
+
+    def trigger(self) -> DeviceStatus:
+        """Acquire one frame and append it to the file (on a thread: Channel Access
+        calls do not belong in the callbacks of other Channel Access calls)."""
+        writer = self._writer
+        if writer is None or not writer.is_open:
+            raise RuntimeError(f"{self.name}: trigger() before stage(); use it inside a plan")
+        status = DeviceStatus(self)
+
+        def acquire() -> None:
+            try:
+                before = int(self.array_counter.get())
+                timeout = float(self.acquire_time.get()) + self.timeout
+                self.acquire.set(1).wait(timeout)
+                after = int(self.array_counter.get())
+                if after <= before:
+                    raise RuntimeError(
+                        f"{self.name}: {self.prefix}cam1:Acquire completed without a new "
+                        f"frame (ArrayCounter_RBV stayed at {after})"
+                    )
+                frame = np.asarray(self.array_data.get(), dtype=np.int64)
+                writer.append(frame.reshape(self.frame_shape()).astype(np.uint32))
+            except Exception as exc:  # noqa: BLE001 - the plan sees it as a failed trigger
+                status.set_exception(exc)
+            else:
+                status.set_finished()
+
+        threading.Thread(target=acquire, name=f"{self.name}-acquire", daemon=True).start()
+        return status
+
+    def collect_asset_docs(self):
+        """Yield the StreamResource (once per file) and one StreamDatum per new frame."""
+        if self._writer is not None:
+            yield from self._writer.collect_asset_docs()
+
+
 # -- connecting -------------------------------------------------------------------------
 def _epics_shutter_class():
     from ophyd import EpicsSignal
@@ -472,7 +605,10 @@ def connect_roles(
                 "method (the reconstructions read the detector geometry from it; see "
                 "profiles/README.md)"
             )
-        device = cls(role.prefix, name=DEVICE_NAMES[role_name])
+        options = {}
+        if "frames_directory" in inspect.signature(cls).parameters:
+            options["frames_directory"] = frames_directory  # e.g. EpicsAreaDetector
+        device = cls(role.prefix, name=DEVICE_NAMES[role_name], **options)
         _wait_connected(device, role_name, role.prefix, timeout)
         devices[role_name] = device
     devices["stage"] = stage

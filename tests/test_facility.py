@@ -1,10 +1,10 @@
 """The facility template against a real Channel Access server on loopback.
 
 A caproto IOC of ours (``synaps_agent.sim_devices.epics_ioc``: three motor records, a
-shutter and a monitor) runs in a subprocess on 127.0.0.1 with a free port; the template's
-configuration file is loaded unchanged, its roles connected (ophyd ``EpicsMotor`` over
-caproto's client) and a raster ptychography scan driven through the EPICS motors in a
-real RunEngine.
+shutter, a monitor and an area detector) runs in a subprocess on 127.0.0.1 with a free
+port; the template's configuration file is loaded unchanged, its roles connected (ophyd
+``EpicsMotor`` and ``EpicsAreaDetector`` over caproto's client) and raster ptychography
+scans driven through the EPICS motors and detector in a real RunEngine.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def devices(ioc, catalog):
     config = load_facility_config(TEMPLATE)
     connected = connect_roles(config, frames_directory=catalog.frames_directory)
     yield connected
-    for role in ("stage_x", "stage_y", "stage_theta", "shutter", "monitor"):
+    for role in ("stage_x", "stage_y", "stage_theta", "shutter", "monitor", "ptycho_detector"):
         connected[role].destroy()
 
 
@@ -139,6 +139,48 @@ def test_raster_scan_drives_the_epics_motors(devices, RE, catalog):
     assert stage.x.user_readback.get() == pytest.approx(0.4)
 
 
+def test_raster_scan_reads_frames_from_the_epics_area_detector(devices, RE, catalog):
+    """The template's ptychography role is the IOC's area detector: each exposure is an
+    Acquire over Channel Access, the frame comes back through image1:ArrayData, goes to
+    HDF5 and is read back from Tiled, and holds what the simulated camera behind the IOC
+    sees at the motors' readbacks."""
+    from bluesky.plans import count
+
+    from synaps_agent.facility import EpicsAreaDetector
+    from synaps_agent.sim_devices.epics_ioc import simulated_ptycho_beamline
+
+    stage, shutter, det = devices["stage"], devices["shutter"], devices["ptycho_detector"]
+    assert isinstance(det, EpicsAreaDetector) and det.prefix == "SYNAPS:det:"
+    first = int(det.array_counter.get())
+    (uid,) = RE(raster_ptycho_scan([det, devices["monitor"]], stage.x, stage.y,
+                                   -0.3, 0.3, -0.3, 0.3, 0.3, shutter=shutter))  # fmt: skip
+    run = catalog.raw[uid]
+    assert run.stop["exit_status"] == "success"
+    # the IOC's geometry went into the start document, for the reconstructions
+    assert run.start["geometry"]["ptycho_det"]["object_pixel_size_m"] == pytest.approx(2e-8)
+    assert run.start["geometry"]["ptycho_det"]["frame_shape"] == [32, 32]
+    primary = run["primary"]
+    frames = np.asarray(primary["ptycho_det_image"].read(), dtype=float)
+    counters = np.asarray(primary["ptycho_det_array_counter"].read())
+    x, y = np.asarray(primary["stage_x"].read()), np.asarray(primary["stage_y"].read())
+    assert frames.shape == (9, 32, 32)
+    np.testing.assert_array_equal(counters, first + 1 + np.arange(9))  # one Acquire each
+    # against the noise-free frames of the same simulated camera at the same positions
+    truth = simulated_ptycho_beamline(catalog.frames_directory)
+    truth.shutter.set("open")
+    for frame, xi, yi in zip(frames, x, y, strict=True):
+        truth.stage.x.set(float(xi)).wait(5)
+        truth.stage.y.set(float(yi)).wait(5)
+        expected = truth.ptycho_det.expected_frame().astype(float)
+        assert np.corrcoef(frame.ravel(), expected.ravel())[0, 1] > 0.99
+        assert abs(frame.sum() - expected.sum()) < 5 * np.sqrt(expected.sum())  # Poisson
+    assert not np.allclose(frames[0], frames[4], rtol=0.2)  # a different place
+    # with the shutter closed the camera sees nothing
+    (dark_uid,) = RE(count([det]))
+    dark = np.asarray(catalog.raw[dark_uid]["primary"]["ptycho_det_image"].read())
+    assert shutter.get() == "closed" and dark.shape == (1, 32, 32) and dark.sum() == 0
+
+
 def test_move_beyond_the_ioc_limits_fails_before_motion(devices, RE):
     from ophyd.utils.errors import LimitError
 
@@ -179,9 +221,9 @@ def test_config_errors_name_the_key(tmp_path):
          r"roles: missing role\(s\) projection_detector"),
         (template.replace("connection_timeout = 10.0", "connection_timeout = -1"),
          r"epics\.connection_timeout"),
-        (template.replace("[roles.ptycho_detector]\nsimulated = true",
-                          "[roles.ptycho_detector]\nprefix = 'X:'\ndevice_class = 'Eiger'"),
-         r"roles\.ptycho_detector\.device_class: expected 'module:Class'"),
+        (template.replace("[roles.projection_detector]\nsimulated = true",
+                          "[roles.projection_detector]\nprefix = 'X:'\ndevice_class = 'Eiger'"),
+         r"roles\.projection_detector\.device_class: expected 'module:Class'"),
     ]
     for text, message in cases:
         assert text != template, message
