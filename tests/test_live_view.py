@@ -151,3 +151,94 @@ def test_a_new_run_does_not_wait_for_the_previous_figure(RE, ptycho_beamline, tm
 def test_bad_interval_is_refused():
     with pytest.raises(ValueError, match="interval"):
         LiveView(None, interval=-1)
+
+
+# a session with the Qt window: QtAgg on Qt's offscreen platform (no display needed), in
+# its own process so that this one keeps its matplotlib backend
+QT_SESSION = r"""
+import sys
+import numpy as np
+from PySide6 import QtWidgets
+
+app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+from bluesky import RunEngine
+from bluesky.callbacks.mpl_plotting import initialize_qt_teleporter
+
+from synaps_agent.callbacks.live_view import LiveView
+from synaps_agent.callbacks.ptycho import PtychoReconstruction
+from synaps_agent.plans.scans import raster_ptycho_scan
+from synaps_agent.recon.ptycho import PtychoConfig
+from synaps_agent.sim_devices.beamline import make_sim_beamline
+from synaps_agent.sim_devices.phantoms import make_phantom
+
+# chosen after importing synaps_agent: synaps_agent.figures forces Agg when imported
+import matplotlib
+
+matplotlib.use("QtAgg")
+import matplotlib.pyplot as plt
+
+plt.ion()  # as in an interactive IPython session
+initialize_qt_teleporter()
+bl = make_sim_beamline(make_phantom("P-dense", seed=1, size=96), sys.argv[1], seed=3,
+                       photons_per_frame=1e5, frame_size=32, probe_fwhm_px=10)
+recon = PtychoReconstruction(config=PtychoConfig(batch_size=16, seed=1),
+                             snapshot_interval=0.2, final_epochs=5)
+view = LiveView(recon, show=True, interval=0.0)
+RE = RunEngine({}, call_returns_result=False)
+RE.subscribe(recon)
+RE.subscribe(view)
+RE(raster_ptycho_scan([bl.ptycho_det], bl.stage.x, bl.stage.y, -0.3, 0.3, -0.3, 0.3, 0.15,
+                      shutter=bl.shutter))
+assert recon.wait(120) and view.wait(120)
+window = view._window
+for _ in range(100):  # let Qt run the draws the scan asked for
+    plt.pause(0.05)
+    if window._figure is not None and window._figure.axes:
+        break
+figure = window._figure
+print("CANVAS", type(figure.canvas).__name__)
+print("VISIBLE", figure.canvas.manager.window.isVisible())
+print("AXES", len(figure.axes), len(figure.axes[0].images))
+title = figure.get_suptitle()
+window.draw(view)  # one more update, with the final reconstruction
+plt.pause(0.2)
+image = figure.canvas.grab().toImage()  # what Qt painted in the window
+pixels = np.array([image.pixelColor(x, y).lightness() for x in range(0, image.width(), 7)
+                   for y in range(0, image.height(), 7)])
+print("PAINTED", image.width(), image.height(), float(pixels.std()))
+print("TITLES", title, "|", figure.get_suptitle())
+plt.close(figure)
+plt.pause(0.1)
+print("CLOSED", not plt.fignum_exists(figure.number), len(QtWidgets.QApplication.topLevelWidgets()))
+print("ERRORS", len(view.errors) + len(recon.errors))
+"""
+
+
+@pytest.mark.slow
+def test_live_window_on_qt(tmp_path):
+    """The interactive window with a real Qt binding (QtAgg, offscreen platform): created
+    from Qt's thread while a scan runs, updated, painted, closed, without an error."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("PySide6.QtWidgets")
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "OMP_NUM_THREADS": "1"}
+    env.pop("MPLBACKEND", None)
+    result = subprocess.run(
+        [sys.executable, "-c", QT_SESSION, str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=200,
+    )  # fmt: skip
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-3000:]}"
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
+    assert lines["CANVAS"] == "FigureCanvasQTAgg"
+    assert lines["VISIBLE"] == "True"
+    axes, images = map(int, lines["AXES"].split())
+    assert axes >= 3 and images == 1  # phase, segmentation, uncertainty panels
+    width, height, spread = lines["PAINTED"].split()
+    assert int(width) > 500 and int(height) > 100 and float(spread) > 5  # not blank
+    before, after = lines["TITLES"].split(" | ")
+    assert "exposures" in before and "25 exposures" in after
+    closed, windows = lines["CLOSED"].split()
+    assert closed == "True"
+    assert lines["ERRORS"] == "0"
