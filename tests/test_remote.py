@@ -216,6 +216,33 @@ def test_bad_requests_get_clear_errors(server, ptycho_beamline):
         RemoteAgentFeed("tcp://127.0.0.1:1", server_spec(), footprint_radius=0.1, timeout=0)
 
 
+def test_fallback_over_theta_when_nothing_answers():
+    """A rotation agent's feed whose analysis node never answers falls back to the
+    planned angles not measured yet, and says so when they are done."""
+    space = ScanSpace([Axis("theta", 0.0, 180.0, "deg", period=180.0)])
+    agent = ImagingAgent(space, AgentConfig(angle_step=1.0),
+                         stopping=StoppingRule(max_exposures=10))  # fmt: skip
+    planned = np.arange(0.0, 180.0, 30.0)[:, None]  # 6 angles
+    feed = RemoteAgentFeed(f"tcp://127.0.0.1:{_free_port()}", agent, timeout=0.2,
+                           fallback=planned)  # fmt: skip
+    try:
+        feed.open("raw", {"max_exposures": 20})  # nobody listens: falls back at once
+        assert "did not answer 'open' within 0.2 s; fell back" in feed.fell_back
+        for angle in (0.0, 90.0):
+            feed.measured([angle])
+        np.testing.assert_allclose(feed.ask(3), [[30.0], [60.0], [120.0]])
+        for angle in (30.0, 60.0, 120.0, 150.0):
+            feed.measured([angle])
+        stop, reason = feed.should_stop()
+        assert stop and "the planned pattern is complete" in reason
+    finally:
+        feed.close("done")
+    with pytest.raises(ValueError, match=r"fallback must be an \(n, 1\) pattern"):
+        RemoteAgentFeed("tcp://127.0.0.1:1", agent, fallback=[[0.0, 1.0]])
+    with pytest.raises(ValueError, match="footprint_radius must be positive for a spatial"):
+        RemoteAgentFeed("tcp://127.0.0.1:1", server_spec())
+
+
 def server_spec() -> dict:
     space = ScanSpace([Axis("x", -1, 1, "um"), Axis("y", -1, 1, "um")])
     return agent_spec(ImagingAgent(space, AgentConfig(probe_fwhm=0.2, max_step=0.1)))
