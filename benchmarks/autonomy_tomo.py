@@ -427,9 +427,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         notes=[
             "each budget is its own scan; the same TomoReconstruction (streaming FBP, "
             "angle-gap weighting) reconstructs every scan",
-            "adaptive: flat fields inserted into the adaptive run (adaptive_tomo_scan "
-            "takes none); live uncertainty = solid/non-solid threshold-segmentation "
-            "uncertainty of the central slab, averaged along z",
+            "adaptive and unconstrained: flat fields measured by adaptive_tomo_scan; live "
+            "uncertainty = solid/non-solid threshold-segmentation uncertainty of the central "
+            "slab, averaged along z, its forward projection the prior over the views",
+            "adaptive = CoverageAgent (spread_views with the scan's budget: the acquisition "
+            "picks which of the slots keeping the coverage come first); unconstrained = the "
+            "plain ImagingAgent (the acquisition alone)",
         ],
     )
     return {"path": path, "png": png, "figures": figures, "params": p}

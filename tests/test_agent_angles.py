@@ -133,11 +133,13 @@ def theta_space():
     return ScanSpace([Axis("theta", 0.0, 180.0, "deg", period=180.0, velocity=30.0)])
 
 
-def test_coverage_agent_steers_to_the_prior_and_keeps_the_coverage():
+@pytest.mark.parametrize("cost_aware", [False, True])
+def test_coverage_agent_steers_to_the_prior_and_keeps_the_coverage(cost_aware):
     """The real agent (GP, gate, travel order) asked batch after batch, told a gain that
-    is largest near 120 deg: its first batch goes there, its scan ends nearly uniform."""
+    is largest near 120 deg: its first batch goes there, its scan ends nearly uniform
+    (also when travel time divides the scores)."""
     budget, seeds = 60, np.arange(6) * 30.0
-    config = AgentConfig(angle_step=0.25, cost_aware=False, beta=1.0,
+    config = AgentConfig(angle_step=0.25, cost_aware=cost_aware, beta=1.0,
                          tolerance={"theta": 0.25 * 180.0 / budget})  # fmt: skip
     angles = np.arange(0.0, 180.0, 1.0)
     prior = 1.0 + np.exp(-0.5 * (angular_distance(angles, [120.0]) / 10.0) ** 2)
@@ -156,10 +158,13 @@ def test_coverage_agent_steers_to_the_prior_and_keeps_the_coverage():
                 agent.tell(p, {"gain": gain})
         return agent.gate.measured.points[:, 0], batches
 
-    theta, batches = run(CoverageAgent(theta_space(), config, seed=3, budget=budget))
+    theta, batches = run(CoverageAgent(theta_space(), config, seed=3, budget=budget,
+                                       start_position=[120.0]))  # fmt: skip
     assert len(theta) == budget
     assert np.all(angular_distance(batches[0], [120.0]) <= 15.0), batches[0]
     assert np.max(angular_gaps(theta)) <= 1.25 * 180.0 / budget + 0.25
+    if cost_aware:
+        return
     # the plain agent, same prior and gains, leaves gaps several uniform spacings wide
     plain, _ = run(ImagingAgent(theta_space(), config, seed=3))
     assert np.max(angular_gaps(plain)) > 2 * np.max(angular_gaps(theta))
