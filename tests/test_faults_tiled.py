@@ -113,3 +113,44 @@ def test_buffered_writer_keeps_order_and_rejects_bad_settings():
         writer("start", {"uid": "r2"})
     with pytest.raises(ValueError, match="initial_backoff"):
         BufferedWriter(factory, initial_backoff=0.0)
+
+
+def test_a_hung_tiled_server_does_not_hold_the_scan(catalog, documents, ptycho_beamline):
+    """Tiled slow to the point of hanging: every write waits until the server answers.
+    The scan runs to its end meanwhile; then everything lands, in order."""
+    import threading
+
+    from bluesky_tiled_plugins import TiledWriter
+
+    bl = ptycho_beamline
+    answering = threading.Event()
+
+    def slow_server_writer():
+        writer = TiledWriter(catalog.raw)
+
+        def write(name, doc):
+            answering.wait(120)  # the server does not answer until released
+            writer(name, doc)
+
+        return write
+
+    buffered = BufferedWriter(slow_server_writer)
+    RE = RunEngine({}, call_returns_result=False)  # writing only through the hung server
+    RE.subscribe(documents)
+    RE.subscribe(buffered)
+    try:
+        RE(raster_ptycho_scan([bl.ptycho_det, bl.i0], bl.stage.x, bl.stage.y,
+                              -0.4, 0.4, -0.3, 0.3, 0.2, shutter=bl.shutter))  # fmt: skip
+        # the scan is over, and the hung server has not taken a single document
+        assert RE.state == "idle" and len(documents.of("event")) == 20
+        assert buffered.written == 0 and buffered.pending == len(documents.documents)
+        answering.set()
+        assert buffered.flush(timeout=120)
+    finally:
+        answering.set()
+        buffered.close(timeout=60)
+    assert buffered.failed_attempts == 0 and buffered.written == len(documents.documents)
+    (start,) = documents.of("start")
+    primary = catalog.raw[start["uid"]]["primary"]
+    np.testing.assert_array_equal(np.asarray(primary["seq_num"].read()), np.arange(1, 21))
+    assert np.asarray(primary[bl.ptycho_det.image_key].read()).shape == (20, 32, 32)

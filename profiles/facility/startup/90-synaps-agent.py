@@ -7,8 +7,12 @@ role (EPICS motors, shutter, monitor, area detectors), opens the catalog (the fa
 Tiled server from the file, its API key from the environment; else the embedded catalog
 in ``$SYNAPS_DATA_DIR``) and subscribes it, the live reconstructions and the live figure.
 
-Defines ``facility`` (the configuration), ``catalog``, ``RE``, ``stage`` (``stage.x``,
-``stage.y``, ``stage.theta``), ``shutter``, ``i0``, ``ptycho_det``, ``proj_det``,
+The RunEngine is prepared by ``synaps_agent.reliability.prepare_run_engine`` with the
+monitor role as the beam suspender's signal (``beam_suspender``; nominal flux from
+``$SYNAPS_I0_NOMINAL`` or the monitor's reading at startup).
+
+Defines ``facility`` (the configuration), ``catalog``, ``RE``, ``beam_suspender``, ``stage``
+(``stage.x``, ``stage.y``, ``stage.theta``), ``shutter``, ``i0``, ``ptycho_det``, ``proj_det``,
 ``recon``, ``seg``, ``tomo``, ``live_view``, ``new_agent_feed()`` and the plans, as the
 simulated profile does (PNGs of the live figure go to ``$SYNAPS_FIGURES_DIR``). See
 ``profiles/README.md``.
@@ -41,6 +45,7 @@ from synaps_agent.plans.scans import (  # noqa: F401
     spiral_ptycho_scan,
     tomo_scan,
 )
+from synaps_agent.reliability import prepare_run_engine as _prepare_run_engine
 
 _here = _Path(globals().get("__file__", "profiles/facility/startup/x.py")).resolve().parent
 facility = _load_facility_config(
@@ -71,6 +76,27 @@ shutter = _devices["shutter"]
 i0 = _devices["monitor"]
 ptycho_det = _devices["ptycho_detector"]
 proj_det = _devices["projection_detector"]
+
+# -- faults: beam dumps suspend the scan until the monitor reads the beam back; a pause
+# (Ctrl-C) stops between two exposures and resumes where it stopped; interruptions and
+# RE.abort(reason)'s reason are stored with the run. The monitor may sit behind the
+# shutter: its drop while the shutter is closed (darks, end of scan) does not suspend.
+# Nominal flux: $SYNAPS_I0_NOMINAL (photons/s), else the monitor's reading now.
+_i0_nominal = _os.environ.get("SYNAPS_I0_NOMINAL")
+try:
+    _i0_nominal = float(_i0_nominal if _i0_nominal else i0.get())
+except ValueError:
+    raise ValueError(
+        f"SYNAPS_I0_NOMINAL must be the nominal flux in photons/s, got {_i0_nominal!r}"
+    ) from None
+if _i0_nominal > 0:
+    beam_suspender = _prepare_run_engine(RE, i0, nominal=_i0_nominal, shutter=shutter)
+else:
+    beam_suspender = _prepare_run_engine(RE)
+    print(
+        f"synaps-agent: no beam suspender: {i0.name} reads {_i0_nominal} now; set "
+        "SYNAPS_I0_NOMINAL (photons/s) to suspend scans on beam dumps"
+    )
 
 # -- live analysis, the agent and the live figure --------------------------------------
 seg = _LiveSegmentation(
