@@ -46,7 +46,9 @@ class LiveView:
     keep_history : bool
         Also keep every update as ``live_<uid8>_<n>.png``.
     show : bool
-        Also draw into an interactive matplotlib window (needs a GUI backend).
+        Also draw into an interactive matplotlib window (needs a GUI backend, e.g. QtAgg
+        with a Qt binding installed, chosen before the view is made; with a file-only
+        backend such as Agg a warning says that no window will appear).
     final_timeout : float
         Seconds to wait for the analyses to finish before drawing the final figure.
     """
@@ -214,6 +216,16 @@ class LiveView:
         self.errors.append(message)
 
 
+#: matplotlib backends that never open a window
+_FILE_ONLY_BACKENDS = frozenset({"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"})
+
+
+def _backend() -> str:
+    import matplotlib
+
+    return str(matplotlib.get_backend()).lower()
+
+
 class _Window:
     """The interactive window: drawn from the GUI's thread (bluesky's Qt teleporter when
     the backend is Qt), at most once a second."""
@@ -230,6 +242,14 @@ class _Window:
         self._callback = _Draw()
         self._figure = None
         self._last = 0.0
+        self.backend = _backend()
+        if self.backend in _FILE_ONLY_BACKENDS:
+            logger.warning(
+                "live view: show=True but matplotlib's backend is %r, which draws to files "
+                "only: no window will appear (choose an interactive backend first, e.g. "
+                "%%matplotlib qt or MPLBACKEND=QtAgg with a Qt binding installed)",
+                self.backend,
+            )
 
     def request(self, view: LiveView) -> None:
         now = time.monotonic()

@@ -42,7 +42,7 @@ def _phase_panel(png: np.ndarray) -> np.ndarray:
 
 @pytest.mark.slow
 def test_live_view_writes_the_reconstruction_as_it_grows(
-    RE, catalog, ptycho_beamline, segmenter, tmp_path
+    RE, catalog, ptycho_beamline, segmenter, tmp_path, caplog
 ):
     bl = ptycho_beamline
     seg = LiveSegmentation(
@@ -59,7 +59,10 @@ def test_live_view_writes_the_reconstruction_as_it_grows(
         final_epochs=40,
     )
     # show=True: the window too (drawn with pyplot; Agg here, so nothing appears)
-    view = LiveView(recon, seg, directory=tmp_path, interval=0.0, keep_history=True, show=True)
+    with caplog.at_level("WARNING", logger="synaps_agent.callbacks.live_view"):
+        view = LiveView(recon, seg, directory=tmp_path, interval=0.0, keep_history=True,
+                        show=True)  # fmt: skip
+    assert "backend is 'agg'" in caplog.text and "no window will appear" in caplog.text
     RE.subscribe(recon)
     RE.subscribe(view)
     (uid,) = RE(
@@ -196,7 +199,7 @@ for _ in range(100):  # let Qt run the draws the scan asked for
     if window._figure is not None and window._figure.axes:
         break
 figure = window._figure
-print("CANVAS", type(figure.canvas).__name__)
+print("CANVAS", type(figure.canvas).__name__, window.backend)
 print("VISIBLE", figure.canvas.manager.window.isVisible())
 print("AXES", len(figure.axes), len(figure.axes[0].images))
 title = figure.get_suptitle()
@@ -231,7 +234,7 @@ def test_live_window_on_qt(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-3000:]}"
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
-    assert lines["CANVAS"] == "FigureCanvasQTAgg"
+    assert lines["CANVAS"] == "FigureCanvasQTAgg qtagg"
     assert lines["VISIBLE"] == "True"
     axes, images = map(int, lines["AXES"].split())
     assert axes >= 3 and images == 1  # phase, segmentation, uncertainty panels
