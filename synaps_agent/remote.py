@@ -81,7 +81,10 @@ logger = logging.getLogger("synaps_agent.remote")
 LOOPBACK = "127.0.0.1"
 PREFIX = b"synaps"  # the documents' 0MQ prefix; other publishers on the proxy are ignored
 _PROBE_PREFIX = b"synaps-probe"
-_OPERATIONS = ("ping", "open", "measured", "failed", "remeasured", "ask", "should_stop", "close")
+_OPERATIONS = (
+    "ping", "open", "measured", "failed", "remeasured", "map_is_current", "map_wait_timed_out",
+    "ask", "should_stop", "close",
+)  # fmt: skip
 
 
 # -- JSON on the wire ------------------------------------------------------------------------
@@ -583,6 +586,9 @@ class AnalysisServer:
                 uncertainty,
                 footprint_radius=request.get("footprint_radius"),
                 sink=self.sink,
+                # the plan waits for the map to hold every exposure before a decision
+                # (tomography: tomography_uncertainty waits for the projections itself)
+                map_frames=self.segmentation.frames_in_map if agent.space.spatial_index else None,
             )
             self.feed.open(str(request["raw_uid"]), request.get("parameters") or {})
             return {}
@@ -606,6 +612,11 @@ class AnalysisServer:
         if op == "should_stop":
             stop, reason = feed.should_stop()
             return {"stop": bool(stop), "reason": str(reason)}
+        if op == "map_is_current":
+            return {"current": bool(feed.map_is_current())}
+        if op == "map_wait_timed_out":
+            feed.map_wait_timed_out(float(request.get("waited", 0.0)))
+            return {}
         feed.close(str(request.get("reason", "")))
         return {"told": feed.told, "decisions": feed.decisions}  # close
 
@@ -667,7 +678,8 @@ class RemoteAgentFeed:
     """An :class:`~synaps_agent.callbacks.agent_feed.AgentFeed` running on the analysis node.
 
     Same interface (``region``, ``open``, ``measured``, ``failed``, ``remeasured``,
-    ``ask``, ``should_stop``, ``close``), so the adaptive plans
+    ``map_is_current``, ``map_wait_timed_out``, ``ask``, ``should_stop``, ``close``), so
+    the adaptive plans
     (:func:`~synaps_agent.plans.adaptive.adaptive_ptycho_scan`, ``adaptive_tomo_scan``)
     use it unchanged. Each call is one JSON request on a REQ socket.
 
@@ -813,6 +825,18 @@ class RemoteAgentFeed:
         if reply is not None:
             return np.asarray(reply["points"], dtype=float).reshape(-1, self.space.ndim)
         return self._remaining_pattern()[:batch_size]
+
+    def map_is_current(self) -> bool:
+        """Whether the node's uncertainty map reflects every exposure it was told of (the
+        plan waits for it before each decision, see ``wait_for_map``); true once fallen
+        back (there is no map to wait for)."""
+        reply = self._request("map_is_current")
+        return True if reply is None else bool(reply["current"])
+
+    def map_wait_timed_out(self, waited: float) -> None:
+        """The plan gave up waiting for the map after ``waited`` s: recorded on the node
+        (its decisions' run, stream ``stale_maps``)."""
+        self._request("map_wait_timed_out", waited=float(waited))
 
     def should_stop(self) -> tuple[bool, str]:
         """The agent's stopping rule; after a fallback, the end of the pattern or budget."""

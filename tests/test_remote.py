@@ -297,6 +297,7 @@ def test_adaptive_scan_driven_by_the_remote_agent(
             pub.close()
         assert server.wait(120)
         remote_agent = server.feed.agent
+        stale = server.feed.stale_decisions
     with pytest.raises(RuntimeError, match="RemoteAgentFeed is closed"):
         feed.ask(1)  # the plan closed it: one feed per scan
     run = catalog.raw[uid]
@@ -317,6 +318,11 @@ def test_adaptive_scan_driven_by_the_remote_agent(
     np.testing.assert_allclose(np.asarray(decisions["decisions"]["point"].read()),
                                measured[len(seeds) :])  # fmt: skip
     assert decisions.stop["exit_status"] == "success"
+    # the plan waited, over the REQ socket, until the node's map held every exposure the
+    # node had been told of: each decision saw the seeds and every earlier batch
+    number = np.asarray(decisions["decisions"]["decision"].read())
+    in_map = np.asarray(decisions["decisions"]["map_frames"].read())
+    assert stale == [] and np.all(in_map >= len(seeds) + 6 * (number - 1)), (number, in_map)
     # the analysis side reconstructed the run from the published documents
     recon_runs = [
         r
