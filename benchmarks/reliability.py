@@ -387,14 +387,18 @@ def child_scan(directory: str, time_scale: float, smoke: bool) -> None:
 
 
 def run_and_kill(directory: Path, kill_after_events: int, *, time_scale: float = 1.0,
-                 smoke: bool = True) -> list[tuple[str, dict]]:
+                 smoke: bool = True, argv: list[str] | None = None) -> list[tuple[str, dict]]:
     """Scan in a child process and SIGKILL it after ``kill_after_events`` events.
 
+    The child is :func:`child_scan` (a raster), or the Python command line ``argv`` (its
+    documents printed as JSON lines ``{"name": ..., "doc": ...}``, like ``child_scan``).
     Returns the documents the child emitted (printed) before it died.
     """
+    if argv is None:
+        argv = ["-m", "benchmarks.reliability", "--child", str(directory), str(time_scale),
+                *(["--smoke"] if smoke else [])]
     child = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.reliability", "--child", str(directory),
-         str(time_scale), *(["--smoke"] if smoke else [])],
+        [sys.executable, *argv],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO_DIR,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
