@@ -312,7 +312,11 @@ def live_run(case: str, p: dict[str, Any], frames_dir: Path) -> dict[str, Any]:
     flat_error = phase_error(replace(batch, object=np.ones_like(batch.object)), truth)
 
     curve = []
-    for s in snapshots:
+    # the monitor may sample once more between the reconstruction's end and its own stop:
+    # the curve ends at the final snapshot
+    for s in sorted(snapshots, key=lambda s: s["t"]):
+        if s["t"] > t_final:
+            continue
         errors = phase_error(s["snap"], truth)
         curve.append(
             {
