@@ -1,6 +1,8 @@
 """Figures people would rather see than read: phantoms, diffraction patterns, projections.
 
 Functions take arrays (or phantoms) and a path and write a PNG; they return the path.
+They draw on :class:`matplotlib.figure.Figure` objects, not pyplot, so they work from any
+thread and never change the session's backend (a live window stays a window).
 """
 
 from __future__ import annotations
@@ -8,12 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
+import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
 
 __all__ = [
     "PHASE_COLORS",
@@ -57,7 +56,8 @@ def plot_phantom(phantom, path: str | Path, *, energy_ev: float = 8000.0) -> Pat
             (labels[:, labels.shape[1] // 2, :], "labels, slice y=mid", PHASE_COLORS),
         ]
         extent_um = np.array([0, labels.shape[2], labels.shape[0], 0]) * phantom.voxel_size * 1e6
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.6), constrained_layout=True)
+    fig = Figure(figsize=(13, 4.6), layout="constrained")
+    axes = fig.subplots(1, 3)
     for ax, (image, title, cmap) in zip(axes, panels, strict=True):
         is_labels = cmap is PHASE_COLORS
         shown = ax.imshow(
@@ -77,7 +77,6 @@ def plot_phantom(phantom, path: str | Path, *, energy_ev: float = 8000.0) -> Pat
             fig.colorbar(shown, ax=ax, shrink=0.8)
     fig.suptitle(f"{phantom.name}, seed {phantom.seed}, shape {labels.shape}")
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -87,9 +86,8 @@ def plot_diffraction_patterns(
     """A row of far-field patterns on a log scale, each titled with its stage position."""
     path = Path(path)
     frames = np.asarray(frames)
-    fig, axes = plt.subplots(
-        1, len(frames), figsize=(3.2 * len(frames), 3.4), constrained_layout=True, squeeze=False
-    )
+    fig = Figure(figsize=(3.2 * len(frames), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(frames), squeeze=False)
     for ax, frame, (x, y) in zip(axes[0], frames, positions, strict=True):
         shown = ax.imshow(np.log10(frame.astype(float) + 1), cmap="magma")
         ax.set_title(f"x={x:.2f} um, y={y:.2f} um", fontsize=9)
@@ -98,7 +96,6 @@ def plot_diffraction_patterns(
     if title:
         fig.suptitle(title)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -108,9 +105,8 @@ def plot_projections(
     """A row of projection images, each titled with its rotation angle."""
     path = Path(path)
     frames = np.asarray(frames)
-    fig, axes = plt.subplots(
-        1, len(frames), figsize=(3.2 * len(frames), 3.4), constrained_layout=True, squeeze=False
-    )
+    fig = Figure(figsize=(3.2 * len(frames), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(frames), squeeze=False)
     for ax, frame, angle in zip(axes[0], frames, angles, strict=True):
         ax.imshow(frame, cmap="gray")
         ax.set_title(f"theta = {angle:.1f} deg", fontsize=9)
@@ -118,7 +114,6 @@ def plot_projections(
     if title:
         fig.suptitle(title)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -184,13 +179,8 @@ def plot_adaptive_comparison(outcomes: dict, phantom, path: str | Path) -> Path:
     against exposures for each strategy."""
     path = Path(path)
     strategies = list(outcomes)
-    fig, axes = plt.subplots(
-        len(strategies),
-        4,
-        figsize=(17, 4.2 * len(strategies)),
-        constrained_layout=True,
-        squeeze=False,
-    )
+    fig = Figure(figsize=(17, 4.2 * len(strategies)), layout="constrained")
+    axes = fig.subplots(len(strategies), 4, squeeze=False)
     pixel_um = phantom.pixel_size * 1e6
     for row, name in zip(axes, strategies, strict=True):
         outcome = outcomes[name]
@@ -226,5 +216,4 @@ def plot_adaptive_comparison(outcomes: dict, phantom, path: str | Path) -> Path:
         row[3].legend()
         row[3].set_title("segmentation quality vs exposures")
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
