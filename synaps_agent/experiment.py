@@ -419,6 +419,8 @@ def run_strategies(
             chunk_iterations=iterations_per_frame * chunk,
         )
         token = RE.subscribe(recon)
+        # the same detector noise stream for every strategy (as built: seed + 2)
+        bl.ptycho_det.rng = np.random.default_rng(seed + 2)
         bl.clock.reset()
         clock_at_event.clear()
         if strategy == "raster":

@@ -275,7 +275,7 @@ def test_a_batch_spreads_over_fresh_ground():
     coverage = FootprintCoverage(space, radius, np.zeros((0, 2)))
     idx, _, summary = select_batch(
         post, cands, 8, space=space, acquisition="variance", cost_aware=False,
-        coverage=coverage, coverage_value=1.0,
+        coverage=coverage, coverage_weight=1.0,
     )  # fmt: skip
     picks = cands[idx]
     d = np.linalg.norm(picks[:, None] - picks[None], axis=-1) + np.eye(8) * 1e9

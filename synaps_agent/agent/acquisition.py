@@ -87,16 +87,18 @@ def select_batch(
     embedding: Callable[[np.ndarray], np.ndarray] | None = None,
     min_distance: float = 1.0,
     coverage: FootprintCoverage | None = None,
-    coverage_value: float = 0.0,
+    coverage_weight: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Greedy sequential batch with kriging-believer fantasies.
 
-    With ``coverage``, a candidate is also worth ``coverage_value`` times the fraction of
-    its footprint no measurement has seen yet (:meth:`FootprintCoverage.uncovered`), on
-    top of the acquisition: the uncertainty map is 1 where nothing was measured, and
-    measuring there removes most of it at once. Each pick's footprint counts as covered
-    for the next picks of the batch, so a batch spreads over fresh ground instead of
-    piling onto one uncertain spot.
+    With ``coverage``, a candidate is also worth the fraction of its footprint no
+    measurement has seen yet (:meth:`FootprintCoverage.uncovered`) times
+    ``coverage_weight`` times the range of the acquisition over the candidates (1 if it
+    is flat), on top of the acquisition: a fresh footprint is worth as much as the
+    difference between the best and the worst candidate the surrogate knows of, whatever
+    the scale of its gains. Each pick's footprint counts as covered for the next picks
+    of the batch, so a batch spreads over fresh ground instead of piling onto one
+    uncertain spot.
 
     After each pick the chosen point is "observed" at its posterior mean: the mean is
     unchanged, the variance shrinks by the rank-one update of the fantasised observation
@@ -124,7 +126,10 @@ def select_batch(
     for t in range(min(q, n)):
         std = np.sqrt(np.maximum(var, 0.0))
         acq = _score(acquisition, mean, std, beta, best_f)
-        if coverage is not None and coverage_value > 0:
+        if coverage is not None and coverage_weight > 0:
+            if t == 0:
+                spread = float(np.max(acq) - np.min(acq))
+                coverage_value = coverage_weight * (spread if spread > 0 else 1.0)
             fresh = coverage.uncovered(candidates)
             acq = acq + coverage_value * fresh
         score = acq
@@ -140,7 +145,7 @@ def select_batch(
                 "mean_max": float(np.max(mean)),
                 "std_max": float(np.max(std)),
             }
-            if coverage is not None and coverage_value > 0:
+            if coverage is not None and coverage_weight > 0:
                 summary["coverage_value"] = float(coverage_value)
                 summary["uncovered_max"] = float(np.max(fresh))
         score = np.where(alive, score, -np.inf)
@@ -150,7 +155,7 @@ def select_batch(
         chosen.append(j)
         values.append(float(acq[j]))
         alive[j] = False
-        if coverage is not None and coverage_value > 0:
+        if coverage is not None and coverage_weight > 0:
             coverage.cover(candidates[j : j + 1])
         if emb is not None:
             alive &= np.sum((emb - emb[j]) ** 2, axis=1) > min_distance**2

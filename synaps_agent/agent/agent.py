@@ -63,12 +63,13 @@ class AgentConfig:
     batch_min_distance : float
         Minimum distance between points of one batch, in tolerance units.
     coverage_weight : float
-        Scan spaces of (x, y) alone, with ``probe_fwhm``: a candidate is also worth
-        ``coverage_weight`` times the uncertainty a fresh footprint removes (1 minus the
-        map's mean where it is measured) times the fraction of its footprint (radius
-        ``probe_fwhm / 2``) no measurement has seen yet, and each pick of a batch counts
-        as seen for the next (:class:`~synaps_agent.agent.candidates.FootprintCoverage`).
-        0: the GP's acquisition alone.
+        Scan spaces of (x, y) alone, with ``probe_fwhm``: a candidate is also worth the
+        fraction of its footprint (radius ``probe_fwhm / 2``) no measurement has seen yet
+        times ``coverage_weight`` times the range of the acquisition over the candidates,
+        and each pick of a batch counts as seen for the next
+        (:class:`~synaps_agent.agent.candidates.FootprintCoverage`,
+        :func:`~synaps_agent.agent.acquisition.select_batch`). Unmeasured area is where
+        the segmentation is surely wrong. 0: the GP's acquisition alone.
     surrogate : SurrogateConfig
     """
 
@@ -189,10 +190,17 @@ class ImagingAgent:
             Row ``i`` at ``y``, column ``j`` at ``x``; ``[0, 0]`` at ``(xmin, ymin)``.
         extent : (xmin, xmax, ymin, ymax)
             Outer pixel edges in stage coordinates (spatial axes in space order).
+
+        Only the pixels whose centres lie within the motors' limits are kept: the map of a
+        reconstruction reaches a probe's width beyond the scan region, where it stays
+        uncertain however much is measured, and would draw every footprint that touches
+        the region's border back there.
         """
-        self.surrogate.set_prior_map(uncertainty_map, extent)
-        self.uncertainty_map = np.array(uncertainty_map, dtype=float)
-        self.extent = tuple(float(v) for v in extent)
+        umap, extent = _crop_to_box(np.asarray(uncertainty_map, dtype=float),
+                                    tuple(float(v) for v in extent), self.space)  # fmt: skip
+        self.surrogate.set_prior_map(umap, extent)
+        self.uncertainty_map = umap
+        self.extent = extent
 
     def update_prior_1d(self, values: np.ndarray, angles: np.ndarray) -> None:
         """Give the prior over the rotation angle (e.g. the forward projection of the
@@ -394,7 +402,7 @@ class ImagingAgent:
             sur.fit(self.rng)
         post = sur.posterior(cands)
         best_f = float(np.max(sur.y)) if sur.n else 0.0
-        coverage, coverage_value = self._coverage()
+        coverage = self._coverage()
         idx, values, summary = select_batch(
             post,
             cands,
@@ -409,29 +417,21 @@ class ImagingAgent:
             embedding=lambda c: self.space.scaled_embedding(c, self.tolerance),
             min_distance=cfg.batch_min_distance,
             coverage=coverage,
-            coverage_value=coverage_value,
+            coverage_weight=cfg.coverage_weight,
         )
         return idx, values, (post.mean, post.std), summary
 
-    def _coverage(self) -> tuple[FootprintCoverage | None, float]:
-        """The measured footprints and what covering a fresh one is worth: the
-        uncertainty it removes, 1 (the map where nothing was measured) minus the map's mean
-        over the covered part, times ``coverage_weight``."""
+    def _coverage(self) -> FootprintCoverage | None:
+        """The footprints measured so far, for the coverage term of the acquisition
+        (None where it does not apply: ``coverage_weight`` 0, no ``probe_fwhm``, or a scan
+        space other than (x, y))."""
         cfg = self.config
         # a rotation axis besides (x, y): every angle is its own projection, and a
         # footprint seen at one angle is not seen at the others
         planar = len(self.space.spatial_index) == 2 and not self.space.angle_index
         if not (cfg.coverage_weight > 0 and cfg.probe_fwhm is not None and planar):
-            return None, 0.0
-        coverage = FootprintCoverage(self.space, cfg.probe_fwhm / 2, self.gate.measured.points)
-        fresh_gain = 1.0
-        covered = coverage.covered_centres()
-        if self.uncertainty_map is not None and len(covered):
-            points = np.zeros((len(covered), self.space.ndim))
-            points[:, self.space.spatial_index] = covered
-            measured_level = float(np.mean(self.surrogate.prior_values(points)[:, 0]))
-            fresh_gain = float(np.clip(1.0 - measured_level, 0.0, 1.0))
-        return coverage, cfg.coverage_weight * fresh_gain
+            return None
+        return FootprintCoverage(self.space, cfg.probe_fwhm / 2, self.gate.measured.points)
 
     # -- report ------------------------------------------------------------------------------
     def report(self) -> dict[str, Any]:
@@ -594,6 +594,28 @@ class ImagingAgent:
             raise ValueError(f"corrupted agent state {base}: {type(exc).__name__}: {exc}") from None
         agent.load_state_dict({"meta": meta, "arrays": arrays})
         return agent
+
+
+def _crop_to_box(
+    umap: np.ndarray, extent: tuple[float, float, float, float], space: ScanSpace
+) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """The rows and columns of ``umap`` whose pixel centres lie within the spatial limits
+    of ``space`` (at least two along each axis), and their outer edges."""
+    si = space.spatial_index
+    if umap.ndim != 2 or len(si) != 2:
+        return umap, extent
+    ny, nx = umap.shape
+    x0, x1, y0, y1 = extent
+    dx, dy = (x1 - x0) / max(nx, 1), (y1 - y0) / max(ny, 1)
+    xs, ys = x0 + (np.arange(nx) + 0.5) * dx, y0 + (np.arange(ny) + 0.5) * dy
+    (lx, ly), (hx, hy) = space.low[si], space.high[si]
+    cols = np.flatnonzero((xs >= lx - 1e-9 * abs(dx)) & (xs <= hx + 1e-9 * abs(dx)))
+    rows = np.flatnonzero((ys >= ly - 1e-9 * abs(dy)) & (ys <= hy + 1e-9 * abs(dy)))
+    if len(cols) < 2 or len(rows) < 2:
+        return umap, extent
+    c0, c1, r0, r1 = cols[0], cols[-1] + 1, rows[0], rows[-1] + 1
+    cropped = umap[r0:r1, c0:c1]
+    return cropped, (x0 + c0 * dx, x0 + c1 * dx, y0 + r0 * dy, y0 + r1 * dy)
 
 
 def _base(path: str | Path) -> Path:
