@@ -346,3 +346,23 @@ def test_lsqml_wrong_probe_small_batches_does_not_diverge():
     assert np.all(np.isfinite(snap.object))
     power = float(np.sum(np.abs(snap.probe) ** 2))
     assert power == pytest.approx(float(np.median(frames.sum(axis=(1, 2)))), rel=1e-3)
+
+
+def test_momentum_speeds_up_a_sparse_object():
+    """P-sparse (large uniform particles in air): the phase of a particle relative to the
+    air around it is a low spatial frequency that local updates correct slowly; the
+    object's heavy-ball momentum halves the error after 15 epochs (known probe)."""
+    size = 128
+    obj = make_phantom("P-sparse", 0, size=size).transmission(ENERGY)
+    probe = gaussian_probe(N, PIXEL, FWHM_PX * PIXEL, 5e-4, ENERGY, PHOTONS)
+    rng = np.random.default_rng(0)
+    pos = _scan(size, 3.0, 1.0, rng)
+    frames = np.stack([poisson_counts(ptycho_pattern(obj, probe, p), rng) for p in pos])
+    errors = {}
+    for momentum in (0.0, 0.5):
+        cfg = PtychoConfig(beta_probe=0.0, momentum=momentum)
+        errors[momentum] = _phase_error(reconstruct(frames, pos, probe, epochs=15, config=cfg), obj)
+    # measured 0.078 rad without, 0.041 with momentum 0.5
+    assert errors[0.5] < 0.06 and errors[0.5] < 0.7 * errors[0.0], errors
+    with pytest.raises(ValueError, match="momentum"):
+        PtychoConfig(momentum=1.0)

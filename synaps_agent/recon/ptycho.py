@@ -71,6 +71,8 @@ _ALGORITHMS = ("rpie", "epie", "lsqml")
 _COMPLEX_DTYPES = {"complex64": torch.complex64, "complex128": torch.complex128}
 #: Largest per-position LSQ-ML step (over-relaxation up to 2 speeds up convergence).
 _LSQML_MAX_STEP = 2.0
+#: Largest per-position LSQ-ML probe step.
+_LSQML_MAX_PROBE_STEP = 1.0
 #: Tikhonov term of the LSQ-ML object / probe preconditioners, relative to their maximum.
 _LSQML_DELTA = 0.1
 
@@ -112,6 +114,12 @@ class PtychoConfig:
         total intensity equals the median total counts of those frames. Probe
         refinement keeps the probe's total intensity at that value (rescaling the
         object inversely), fixing the probe / object scale ambiguity.
+    momentum : float
+        Heavy-ball acceleration of the object, in ``[0, 1)``: after every epoch's worth
+        of mini-batches (``ceil(frames / batch_size)`` updates, also while streaming),
+        the object moves on by ``momentum`` times its previous total change per epoch.
+        It speeds up the slowly converging low spatial frequencies (the phase of large
+        uniform particles relative to the air around them). 0 disables.
     seed : int
         Seed of the generator that draws the mini-batches.
     device : str
@@ -131,6 +139,7 @@ class PtychoConfig:
     max_position_step: float = 0.3
     grid_margin: int = 4
     normalize_probe: bool = True
+    momentum: float = 0.0
     seed: int = 0
     device: str = "cpu"
     dtype: str = "complex64"
@@ -148,6 +157,8 @@ class PtychoConfig:
             raise ValueError(f"rPIE alpha must lie in (0, 1], got {self.alpha!r}")
         if self.algorithm == "rpie" and not 0.0 <= float(self.beta_probe) <= 1.0:
             raise ValueError(f"rPIE beta_probe must lie in [0, 1], got {self.beta_probe!r}")
+        if not 0.0 <= float(self.momentum) < 1.0:
+            raise ValueError(f"momentum must lie in [0, 1), got {self.momentum!r}")
         if int(self.grid_margin) < 0:
             raise ValueError(f"grid_margin must be non-negative, got {self.grid_margin!r}")
         if self.dtype not in _COMPLEX_DTYPES:
@@ -311,6 +322,11 @@ class PtychoEngine:
             self.object = torch.ones(
                 (oy + 2 * m, ox + 2 * m), dtype=self.cdtype, device=self.device
             )
+
+        # heavy-ball momentum of the object (per epoch's worth of updates)
+        self._epoch_start: torch.Tensor | None = None
+        self._displacement: torch.Tensor | None = None
+        self._updates_in_epoch = 0
 
         self.error: float = float("nan")
         self.num_iterations: int = 0
@@ -599,6 +615,12 @@ class PtychoEngine:
         """One mini-batch update (caller holds the lock)."""
         assert self.object is not None
         cfg = self.config
+        if cfg.momentum > 0 and (
+            self._epoch_start is None or self._epoch_start.shape != self.object.shape
+        ):  # first update, or the grid grew: the momentum starts afresh
+            self._epoch_start = self.object.clone()
+            self._displacement = None
+            self._updates_in_epoch = 0
         obj_flat = self.object.view(-1)
         flat, resid, ramp = self._batch_geometry(idx)
         amp = self._amp[idx]
@@ -623,9 +645,27 @@ class PtychoEngine:
             self._correct_positions(idx, flat, p_s, chi)
 
         self.num_iterations += 1
+        if cfg.momentum > 0:
+            self._momentum_step()
         self.error = err
         self.error_history.append(err)
         return err
+
+    def _momentum_step(self) -> None:
+        """Count one update; after an epoch's worth, push the object on by ``momentum``
+        times its previous epoch's total displacement (heavy ball)."""
+        assert self.object is not None and self._epoch_start is not None
+        self._updates_in_epoch += 1
+        if self._updates_in_epoch < math.ceil(self._n / int(self.config.batch_size)):
+            return
+        change = self.object - self._epoch_start
+        if self._displacement is not None:
+            push = float(self.config.momentum) * self._displacement
+            self.object += push
+            change += push
+        self._displacement = change
+        self._epoch_start = self.object.clone()
+        self._updates_in_epoch = 0
 
     def _fix_probe_power(self) -> None:
         """Rescale the probe to its fixed total intensity, the object inversely."""
@@ -719,7 +759,7 @@ class PtychoEngine:
             det = m11 * m22 - a12**2
             alpha_o = (m22 * b1 - a12 * b2) / det
             alpha_p = (m11 * b2 - a12 * b1) / det
-            alpha_p = alpha_p.clamp(0.0, 1.0)
+            alpha_p = alpha_p.clamp(0.0, _LSQML_MAX_PROBE_STEP)
         else:
             alpha_o = b1 / (a11 * 1.1 + 1e-30)
             alpha_p = torch.zeros(k, dtype=self.rdtype, device=self.device)
