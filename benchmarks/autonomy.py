@@ -44,7 +44,7 @@ def _params(smoke: bool) -> dict[str, Any]:
         return {"smoke": True, "size": 56, "budget_fraction": 0.5, "final_epochs": 5,
                 "scoring_epochs": 20, "batch_size": 8, "cases": ["P-sparse"]}  # fmt: skip
     return {"smoke": False, "size": 96, "budget_fraction": 0.5, "final_epochs": 30,
-            "scoring_epochs": 100, "batch_size": 8, "cases": ["P-sparse", "P-dense"]}  # fmt: skip
+            "scoring_epochs": 300, "batch_size": 8, "cases": ["P-sparse", "P-dense"]}  # fmt: skip
 
 
 def iou_at(curve: list[tuple[float, float]], budget: float) -> float | None:
