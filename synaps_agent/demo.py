@@ -167,7 +167,11 @@ def run_demo(
         # -- the adaptive experiment: the agent against raster ------------------------------
         if adaptive:
             from .experiment import run_adaptive_comparison
-            from .figures import plot_adaptive_comparison
+            from .figures import (
+                ground_truth_diameters_um,
+                plot_adaptive_comparison,
+                plot_particle_sizes,
+            )
 
             log("adaptive experiment (live reconstruction, segmentation, agent) ...")
             adaptive_size = 128 if size is None else max(96, min(size, 192))
@@ -177,6 +181,9 @@ def run_demo(
             phantom = make_phantom("P-sparse", 300 + seed, size=adaptive_size)
             summary["figures"].append(
                 str(plot_adaptive_comparison(outcomes, phantom, figures / "adaptive_vs_raster.png"))
+            )
+            summary["figures"].append(
+                str(plot_particle_sizes(outcomes, phantom, figures / "particle_sizes.png"))
             )
             raster_curve = outcomes["raster"].fair_curve
             summary["runs"]["adaptive"] = {
@@ -193,6 +200,18 @@ def run_demo(
                 }
                 for name, o in outcomes.items()
             }
+            region_half = max(o.region_half for o in outcomes.values())
+            truth = ground_truth_diameters_um(phantom, region_half)
+            summary["runs"]["adaptive"]["particles"] = {
+                "ground_truth": _size_summary(truth),
+                **{
+                    name: _size_summary(
+                        o.particles["table"]["equivalent_diameter_m"].to_numpy(float) * 1e6
+                    )
+                    for name, o in outcomes.items()
+                    if o.particles is not None
+                },
+            }
             agent = outcomes["agent"]
             raster_at_budget = [v for n, v in raster_curve if n <= agent.exposures]
             summary["runs"]["adaptive"]["raster_iou_at_agent_budget"] = (
@@ -205,7 +224,7 @@ def run_demo(
         if "uid" in info:
             log(f"  {kind:13s} uid {info['uid']}")
     for name, info in summary["runs"].get("adaptive", {}).items():
-        if isinstance(info, dict):
+        if isinstance(info, dict) and "uid" in info:
             log(
                 f"  adaptive/{name:7s} uid {info['uid']}: {info['exposures']} exposures, "
                 f"final mean IoU {info['final_mean_iou']}"
@@ -220,3 +239,10 @@ def run_demo(
     )
     log(f"figures in {figures}; summary in {out / 'summary.json'}")
     return summary
+
+
+def _size_summary(diameters_um) -> dict:
+    """Count and median equivalent diameter (um) of a set of particles."""
+    d = np.asarray(diameters_um, dtype=float)
+    median = round(float(np.median(d)), 4) if d.size else None
+    return {"count": int(d.size), "median_diameter_um": median}

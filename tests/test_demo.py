@@ -26,6 +26,7 @@ def test_demo_end_to_end(tmp_path):
         "diffraction_patterns.png",
         "projections.png",
         "adaptive_vs_raster.png",
+        "particle_sizes.png",
     } <= names
     adaptive = summary["runs"]["adaptive"]
     raster, agent = adaptive["raster"], adaptive["agent"]
@@ -33,6 +34,16 @@ def test_demo_end_to_end(tmp_path):
     # both strategies were segmented and scored against ground truth as they went
     assert len(raster["iou_curve"]) >= 2 and len(agent["iou_curve"]) >= 2
     assert 0.3 < raster["final_mean_iou"] <= 1.0 and 0.3 < agent["final_mean_iou"] <= 1.0
+    # the particles each final segmentation found, against the phantom's over the region:
+    # a count and a median size of the right order (the region's edge cuts particles)
+    particles = adaptive["particles"]
+    truth = particles["ground_truth"]
+    assert truth["count"] >= 3
+    for name in ("raster", "agent"):
+        found = particles[name]
+        assert 0.5 * truth["count"] <= found["count"] <= 2 * truth["count"], (name, particles)
+        ratio = found["median_diameter_um"] / truth["median_diameter_um"]
+        assert 0.6 <= ratio <= 1.6, (name, particles)
     # and fairly: their stored frames reconstructed offline, up to all their exposures
     for info in (raster, agent):
         assert info["fair_iou_curve"][-1] == [info["exposures"], info["final_mean_iou"]]
