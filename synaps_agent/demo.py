@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from bluesky import RunEngine
 
+from .callbacks.progress import ScanProgress
 from .catalog import open_catalog
 from .figures import plot_diffraction_patterns, plot_phantom, plot_projections
 from .plans.scans import raster_ptycho_scan, tomo_scan
@@ -67,6 +68,7 @@ def run_demo(
     with open_catalog(out / "catalog") as catalog:
         RE = RunEngine({}, call_returns_result=False)
         RE.subscribe(catalog.writer())
+        RE.subscribe(ScanProgress())
 
         # -- ptychography ------------------------------------------------------------
         for case in ("P-sparse", "P-dense"):
@@ -176,7 +178,7 @@ def run_demo(
             log("adaptive experiment (live reconstruction, segmentation, agent) ...")
             adaptive_size = 128 if size is None else max(96, min(size, 192))
             outcomes = run_adaptive_comparison(
-                catalog, size=adaptive_size, seed=300 + seed, log=log
+                catalog, size=adaptive_size, seed=300 + seed, log=log, progress=True
             )
             phantom = make_phantom("P-sparse", 300 + seed, size=adaptive_size)
             summary["figures"].append(

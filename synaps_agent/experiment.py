@@ -313,9 +313,11 @@ def run_adaptive_comparison(
     budget_fraction: float = 0.5,
     segmenter: Segmenter | None = None,
     log=print,
+    progress: bool = False,
 ) -> dict[str, ScanOutcome]:
     """Raster scan of a region, then the agent on the same region with a fraction of
-    raster's exposures; both with live reconstruction and segmentation.
+    raster's exposures; both with live reconstruction and segmentation (``progress``: a
+    bar over each scan's exposures).
 
     Returns the outcome per strategy (``"raster"``, ``"agent"``).
     """
@@ -328,6 +330,7 @@ def run_adaptive_comparison(
         budget_fraction=budget_fraction,
         segmenter=segmenter,
         log=log,
+        progress=progress,
     )
 
 
@@ -347,6 +350,7 @@ def run_strategies(
     map_timeout: float = 60.0,
     iterations_per_frame: int = 8,
     log=print,
+    progress: bool = False,
 ) -> dict[str, ScanOutcome]:
     """Scan one region of a phantom with each strategy, live reconstruction and
     segmentation in the loop, every run stored in ``catalog``.
@@ -367,7 +371,8 @@ def run_strategies(
     Each run is scored twice against ground truth: live (every stored segmentation
     snapshot, :func:`score_run`) and, unless ``scoring`` is None, fairly
     (:func:`offline_iou_curve` with ``scoring``) at the budgets of the seed lattice,
-    25 %, 50 % and 100 % of raster's exposures and the adaptive budget.
+    25 %, 50 % and 100 % of raster's exposures and the adaptive budget. ``progress``
+    draws a bar over each scan's exposures (:class:`~synaps_agent.callbacks.progress.ScanProgress`).
 
     Returns
     -------
@@ -394,6 +399,10 @@ def run_strategies(
     roi_px = (slice(int(size / 2 - half / pixel_um), int(size / 2 + half / pixel_um)),) * 2
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(catalog.writer())
+    if progress:
+        from synaps_agent.callbacks.progress import ScanProgress
+
+        RE.subscribe(ScanProgress())
     clock_at_event: list[float] = []  # simulated seconds when each event was emitted
     RE.subscribe(lambda name, doc: clock_at_event.append(bl.clock.elapsed), "event")
     raster = raster_positions(-half, half, -half, half, step, jitter=0.2, seed=seed)
