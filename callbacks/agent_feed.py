@@ -25,7 +25,7 @@ import numpy as np
 
 from .analysis import AnalysisRun, Subscriber
 
-__all__ = ["AgentFeed", "footprint_mean", "view_uncertainty"]
+__all__ = ["AgentFeed", "FallbackFeed", "footprint_mean", "view_uncertainty"]
 
 logger = logging.getLogger("synaps_agent.callbacks")
 
@@ -385,3 +385,147 @@ class AgentFeed:
 
 def _json(value) -> str:
     return json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+
+
+class FallbackFeed:
+    """A feed that finishes the scan on a planned pattern when the one it wraps fails.
+
+    Wraps any feed of the adaptive plans (:class:`AgentFeed`, or another object with the
+    same methods). While the wrapped feed works, every call goes to it. The first call
+    that raises, or an ``ask`` that does not answer within ``ask_timeout`` seconds (the
+    agent hangs), switches the scan to ``pattern``: from then on the wrapped feed is no
+    longer called (but for a best-effort ``close``), ``ask`` returns the pattern's points
+    not measured yet, in the planned order, and the scan stops when the pattern is
+    complete (or at the plan's budget). The reason is logged, kept in :attr:`fell_back`
+    and ends the run's stop reason, so the raw run says the agent was gone.
+
+    Parameters
+    ----------
+    feed
+        The feed to wrap.
+    pattern : (n, d) array_like
+        The planned pattern, one column per axis of the agent's space (e.g.
+        ``raster_positions(...)`` for x, y; angles as ``(n, 1)`` for theta).
+    ask_timeout : float, optional
+        Seconds an ``ask`` may take; ``None``: no limit (only failures fall back). A hung
+        ask is left running on its daemon thread and never asked again.
+    """
+
+    def __init__(self, feed, pattern, *, ask_timeout: float | None = None) -> None:
+        from synaps_agent.plans.patterns import checked_pattern
+
+        space = getattr(getattr(feed, "agent", None), "space", None) or feed.space
+        if ask_timeout is not None and not ask_timeout > 0:
+            raise ValueError(f"ask_timeout must be positive, got {ask_timeout!r}")
+        self.feed = feed
+        self.pattern = checked_pattern(pattern, space.ndim, "FallbackFeed pattern")
+        self.ask_timeout = ask_timeout
+        #: why the scan left the wrapped feed, once it did
+        self.fell_back: str | None = None
+        self.measured_points: list[np.ndarray] = []
+        self.failures = 0
+        self._budget: int | None = None
+
+    # -- the guard
+    def _call(self, method: str, *args, default=None):
+        """``feed.method(*args)`` unless fallen back; a failure falls back."""
+        if self.fell_back is not None:
+            return default
+        function = getattr(self.feed, method, None)
+        if function is None:
+            return default
+        try:
+            return function(*args)
+        except Exception as exc:  # noqa: BLE001 - any failure of the analysis side
+            self._fall_back(f"the agent feed failed in {method}: {exc!r}")
+            return default
+
+    def _fall_back(self, why: str) -> None:
+        self.fell_back = f"{why}; fell back to the planned pattern"
+        logger.warning(self.fell_back)
+
+    def remaining(self) -> np.ndarray:
+        """The pattern's points not measured yet, in the planned order."""
+        from synaps_agent.plans.patterns import unmeasured_points
+
+        return unmeasured_points(self.pattern, self.measured_points)
+
+    # -- the plan's calls
+    @property
+    def region(self):
+        return getattr(self.feed, "region", None)
+
+    def already_done(self, points) -> np.ndarray:
+        done = self._call("already_done", points)
+        return np.zeros(len(points), dtype=bool) if done is None else done
+
+    def open(self, raw_uid: str, parameters: dict | None = None) -> None:
+        self._budget = (parameters or {}).get("max_exposures")
+        self._call("open", raw_uid, parameters)
+
+    def measured(self, point) -> None:
+        self.measured_points.append(np.asarray(point, dtype=float).ravel())
+        self._call("measured", point)
+
+    def failed(self, point, reason: str) -> None:
+        self.failures += 1
+        self._call("failed", point, reason)
+
+    def remeasured(self, point, reason: str) -> None:
+        self._call("remeasured", point, reason)
+
+    def map_is_current(self) -> bool:
+        current = self._call("map_is_current", default=True)
+        return True if current is None else bool(current)
+
+    def map_wait_timed_out(self, waited: float) -> None:
+        self._call("map_wait_timed_out", waited)
+
+    def ask(self, batch_size: int) -> np.ndarray:
+        """The wrapped feed's next points, or the pattern's once fallen back."""
+        if self.fell_back is None:
+            if self.ask_timeout is None:
+                points = self._call("ask", batch_size)
+            else:
+                points = self._ask_within_timeout(batch_size)
+            if self.fell_back is None:
+                return np.asarray(points, dtype=float)
+        return self.remaining()[: int(batch_size)]
+
+    def _ask_within_timeout(self, batch_size: int):
+        answer: dict = {}
+
+        def work() -> None:
+            try:
+                answer["points"] = self.feed.ask(batch_size)
+            except Exception as exc:  # noqa: BLE001 - reported below
+                answer["error"] = exc
+
+        worker = threading.Thread(target=work, name="synaps-agent-ask", daemon=True)
+        worker.start()
+        worker.join(self.ask_timeout)
+        if worker.is_alive():
+            self._fall_back(f"the agent did not answer within {self.ask_timeout:g} s")
+        elif "error" in answer:
+            self._fall_back(f"the agent feed failed in ask: {answer['error']!r}")
+        return answer.get("points")
+
+    def should_stop(self) -> tuple[bool, str]:
+        if self.fell_back is None:
+            answer = self._call("should_stop")
+            if self.fell_back is None:
+                return answer
+        if len(self.remaining()) == 0:
+            return True, f"{self.fell_back}; the planned pattern is complete"
+        if self._budget is not None and len(self.measured_points) + self.failures >= self._budget:
+            return True, f"{self.fell_back}; exposure budget of the plan reached"
+        return False, ""
+
+    def close(self, reason: str) -> None:
+        """Close the wrapped feed (best effort once fallen back: it may be broken)."""
+        if self.fell_back is not None:
+            reason = f"{reason} ({self.fell_back})"
+        try:
+            self.feed.close(reason)
+        except Exception as exc:  # noqa: BLE001 - the scan's data is safe; report only
+            logger.warning("closing the agent feed failed: %r", exc)

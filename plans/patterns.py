@@ -10,7 +10,14 @@ import math
 
 import numpy as np
 
-__all__ = ["fermat_spiral_positions", "golden_angles", "raster_positions", "uniform_angles"]
+__all__ = [
+    "checked_pattern",
+    "fermat_spiral_positions",
+    "golden_angles",
+    "raster_positions",
+    "uniform_angles",
+    "unmeasured_points",
+]
 
 GOLDEN_RATIO = (1 + math.sqrt(5)) / 2
 
@@ -115,6 +122,28 @@ def golden_angles(num: int, start: float = 0.0, span: float = 180.0) -> np.ndarr
     _check_count(num)
     k = np.arange(num)
     return start + np.mod(k * span / GOLDEN_RATIO, span)
+
+
+def checked_pattern(pattern, ndim: int, name: str = "fallback") -> np.ndarray:
+    """``pattern`` as an ``(n, ndim)`` float array of finite points, one column per axis
+    of a scan space; ``ValueError`` naming ``name`` otherwise."""
+    points = np.asarray(pattern, dtype=float)
+    if points.ndim != 2 or points.shape[1] != ndim or len(points) == 0:
+        raise ValueError(f"{name} must be an (n, {ndim}) pattern, got shape {points.shape}")
+    if not np.all(np.isfinite(points)):
+        raise ValueError(f"{name} pattern has non-finite coordinates")
+    return points
+
+
+def unmeasured_points(pattern: np.ndarray, measured, tolerance: float = 1e-6) -> np.ndarray:
+    """The points of ``pattern`` (in its order) farther than ``tolerance`` from every
+    point of ``measured`` (an ``(m, ndim)`` sequence, possibly empty)."""
+    pattern = np.asarray(pattern, dtype=float)
+    done = np.asarray(measured, dtype=float).reshape(-1, pattern.shape[1])
+    if len(done) == 0:
+        return pattern
+    distance = np.linalg.norm(pattern[:, None, :] - done[None, :, :], axis=2)
+    return pattern[distance.min(axis=1) > tolerance]
 
 
 def _check_step(step: float) -> None:

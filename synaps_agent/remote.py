@@ -58,6 +58,7 @@ from .callbacks.segmentation import (
     normalize_reconstruction,
 )
 from .callbacks.tomo import TomoReconstruction
+from .plans.patterns import checked_pattern, unmeasured_points
 from .recon.ptycho import PtychoConfig
 
 __all__ = [
@@ -723,17 +724,9 @@ class RemoteAgentFeed:
             )
         self.footprint_radius = None if footprint_radius is None else float(footprint_radius)
         self.timeout = float(timeout)
-        self.fallback: np.ndarray | None = None
-        if fallback is not None:
-            pattern = np.asarray(fallback, dtype=float)
-            ndim = self.space.ndim
-            if pattern.ndim != 2 or pattern.shape[1] != ndim or len(pattern) == 0:
-                raise ValueError(
-                    f"fallback must be an (n, {ndim}) pattern, got shape {pattern.shape}"
-                )
-            if not np.all(np.isfinite(pattern)):
-                raise ValueError("fallback pattern has non-finite coordinates")
-            self.fallback = pattern
+        self.fallback: np.ndarray | None = (
+            None if fallback is None else checked_pattern(fallback, self.space.ndim)
+        )
         self.fell_back: str | None = None  # why the scan left the agent, once it did
         self.decisions = 0
         self._measured: list[np.ndarray] = []
@@ -861,11 +854,7 @@ class RemoteAgentFeed:
         """The fallback pattern's points not measured yet (in the planned order)."""
         if self.fallback is None:
             return np.zeros((0, self.space.ndim))
-        if not self._measured:
-            return self.fallback
-        measured = np.asarray(self._measured)
-        distance = np.linalg.norm(self.fallback[:, None, :] - measured[None, :, :], axis=2)
-        return self.fallback[distance.min(axis=1) > 1e-6]
+        return unmeasured_points(self.fallback, self._measured)
 
 
 # -- command line ---------------------------------------------------------------------------
