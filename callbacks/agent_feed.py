@@ -475,8 +475,7 @@ class FallbackFeed:
         self._call("remeasured", point, reason)
 
     def map_is_current(self) -> bool:
-        current = self._call("map_is_current", default=True)
-        return True if current is None else bool(current)
+        return bool(self._call("map_is_current", default=True))
 
     def map_wait_timed_out(self, waited: float) -> None:
         self._call("map_wait_timed_out", waited)
@@ -484,15 +483,14 @@ class FallbackFeed:
     def ask(self, batch_size: int) -> np.ndarray:
         """The wrapped feed's next points, or the pattern's once fallen back."""
         if self.fell_back is None:
-            if self.ask_timeout is None:
-                points = self._call("ask", batch_size)
-            else:
-                points = self._ask_within_timeout(batch_size)
+            points = self._ask_within_timeout(batch_size)
             if self.fell_back is None:
                 return np.asarray(points, dtype=float)
         return self.remaining()[: int(batch_size)]
 
     def _ask_within_timeout(self, batch_size: int):
+        """The wrapped feed's answer, asked on a worker thread that is waited for at most
+        ``ask_timeout`` s (for ever if None); None after falling back."""
         answer: dict = {}
 
         def work() -> None:

@@ -60,10 +60,16 @@ class SimAreaDetector(Device):
         self.beam = beam if beam is not None else Beam(fluctuation=0.0)
         self.shutter = shutter
         self.clock = clock if clock is not None else stage.clock
-        self.rng = np.random.default_rng(seed)
+        self.seed = int(seed)
+        self.rng = np.random.default_rng(self.seed)
         self.frames_directory = Path(frames_directory)
         self._writer: HDF5FrameWriter | None = None
         self._lock = threading.Lock()
+
+    def reseed(self, seed: int | None = None) -> None:
+        """Restart the detector's noise stream: from ``seed``, or from the seed it was
+        built with (scans of the same points then see the same noise)."""
+        self.rng = np.random.default_rng(self.seed if seed is None else int(seed))
 
     # -- subclass hooks -------------------------------------------------------------
     @property

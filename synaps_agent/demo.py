@@ -168,12 +168,8 @@ def run_demo(
         }
         # -- the adaptive experiment: the agent against raster ------------------------------
         if adaptive:
-            from .experiment import run_adaptive_comparison
-            from .figures import (
-                ground_truth_diameters_um,
-                plot_adaptive_comparison,
-                plot_particle_sizes,
-            )
+            from .experiment import particle_diameters_um, run_adaptive_comparison
+            from .figures import plot_adaptive_comparison, plot_particle_sizes
 
             log("adaptive experiment (live reconstruction, segmentation, agent) ...")
             adaptive_size = 128 if size is None else max(96, min(size, 192))
@@ -184,8 +180,10 @@ def run_demo(
             summary["figures"].append(
                 str(plot_adaptive_comparison(outcomes, phantom, figures / "adaptive_vs_raster.png"))
             )
+            diameters = particle_diameters_um(outcomes, phantom)
+            title = f"{phantom.name} seed {phantom.seed}: particle sizes over the scanned region"
             summary["figures"].append(
-                str(plot_particle_sizes(outcomes, phantom, figures / "particle_sizes.png"))
+                str(plot_particle_sizes(diameters, figures / "particle_sizes.png", title=title))
             )
             raster_curve = outcomes["raster"].fair_curve
             summary["runs"]["adaptive"] = {
@@ -202,17 +200,8 @@ def run_demo(
                 }
                 for name, o in outcomes.items()
             }
-            region_half = max(o.region_half for o in outcomes.values())
-            truth = ground_truth_diameters_um(phantom, region_half)
             summary["runs"]["adaptive"]["particles"] = {
-                "ground_truth": _size_summary(truth),
-                **{
-                    name: _size_summary(
-                        o.particles["table"]["equivalent_diameter_m"].to_numpy(float) * 1e6
-                    )
-                    for name, o in outcomes.items()
-                    if o.particles is not None
-                },
+                name.replace(" ", "_"): _size_summary(d) for name, d in diameters.items()
             }
             agent = outcomes["agent"]
             raster_at_budget = [v for n, v in raster_curve if n <= agent.exposures]

@@ -45,6 +45,7 @@ __all__ = [
     "OfflineScoring",
     "default_segmenter",
     "offline_iou_curve",
+    "particle_diameters_um",
     "run_adaptive_comparison",
     "run_strategies",
     "score_run",
@@ -432,8 +433,7 @@ def run_strategies(
             chunk_iterations=iterations_per_frame * chunk,
         )
         token = RE.subscribe(recon)
-        # the same detector noise stream for every strategy (as built: seed + 2)
-        bl.ptycho_det.rng = np.random.default_rng(seed + 2)
+        bl.ptycho_det.reseed()  # the same detector noise stream for every strategy
         bl.clock.reset()
         clock_at_event.clear()
         if strategy == "raster":
@@ -529,3 +529,26 @@ def _outcome(strategy, uid, positions, bl, recon, seg, catalog, phantom, roi_px)
     if snap is not None:
         outcome.final_phase = np.angle(snap.object)
     return outcome
+
+
+def particle_diameters_um(outcomes: dict[str, ScanOutcome], phantom) -> dict[str, np.ndarray]:
+    """Equivalent diameters (um) of the particles: ``"ground truth"``, the phantom's within
+    the scanned region (the largest ``region_half`` of ``outcomes``, about the phantom's
+    centre), then per strategy those of its final segmentation (its ``particles`` table,
+    over the measured area; strategies without one are left out)."""
+    from synaps_agent.segment.characterize import particle_instances, particle_table
+
+    labels = np.asarray(phantom.labels)
+    half_px = max(float(o.region_half) for o in outcomes.values()) / (phantom.pixel_size * 1e6)
+    (r0, r1), (c0, c1) = (
+        (max(int(round(n / 2 - half_px)), 0), min(int(round(n / 2 + half_px)), n))
+        for n in labels.shape[:2]
+    )
+    truth = labels[r0:r1, c0:c1]
+    table = particle_table(truth, particle_instances(truth), phantom.pixel_size)
+    diameters = {"ground truth": table["equivalent_diameter_m"].to_numpy(float) * 1e6}
+    for name, outcome in outcomes.items():
+        if outcome.particles is not None and "table" in outcome.particles:
+            found = outcome.particles["table"]["equivalent_diameter_m"].to_numpy(float)
+            diameters[name] = found * 1e6
+    return diameters

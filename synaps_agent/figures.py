@@ -220,51 +220,30 @@ def plot_adaptive_comparison(outcomes: dict, phantom, path: str | Path) -> Path:
     return path
 
 
-def ground_truth_diameters_um(phantom, region_half_um: float) -> np.ndarray:
-    """Equivalent diameters (um) of the phantom's particles within ``region_half_um`` of
-    its centre: the ground truth a scan of that region is characterized against."""
-    from synaps_agent.segment.characterize import particle_instances, particle_table
-
-    labels = np.asarray(phantom.labels)
-    pixel_um = phantom.pixel_size * 1e6
-    half_px = region_half_um / pixel_um
-    (r0, r1), (c0, c1) = (
-        (max(int(round(n / 2 - half_px)), 0), min(int(round(n / 2 + half_px)), n))
-        for n in labels.shape[:2]
-    )
-    truth = labels[r0:r1, c0:c1]
-    table = particle_table(truth, particle_instances(truth), phantom.pixel_size)
-    return table["equivalent_diameter_m"].to_numpy(float) * 1e6
-
-
-def plot_particle_sizes(outcomes: dict, phantom, path: str | Path) -> Path:
-    """Histogram of the particles' equivalent diameters found in each strategy's final
-    segmentation (its ``particles`` table over the measured area) against the phantom's
-    ground truth over the scanned region; each legend entry gives the count and median."""
+def plot_particle_sizes(
+    diameters_um: dict[str, np.ndarray], path: str | Path, *, title: str = "particle sizes"
+) -> Path:
+    """Histograms of equivalent diameters (um), one per entry of ``diameters_um``; an
+    entry ``"ground truth"`` is drawn filled, the others as outlines. Each legend entry
+    gives the count and the median (e.g. from
+    :func:`~synaps_agent.experiment.particle_diameters_um`)."""
     path = Path(path)
-    region_half = max(float(o.region_half) for o in outcomes.values())
-    truth = ground_truth_diameters_um(phantom, region_half)
-    found = {
-        name: o.particles["table"]["equivalent_diameter_m"].to_numpy(float) * 1e6
-        for name, o in outcomes.items()
-        if o.particles is not None and "table" in o.particles
-    }
-    largest = max([truth.max(initial=0.0), *(d.max(initial=0.0) for d in found.values())])
+    sets = {name: np.asarray(d, dtype=float) for name, d in diameters_um.items()}
+    largest = max([d.max(initial=0.0) for d in sets.values()], default=0.0)
     edges = np.linspace(0.0, max(largest, 1e-3) * 1.05, 16)
     fig = Figure(figsize=(7.5, 4.6), layout="constrained")
     ax = fig.subplots()
-
-    def label(name: str, d: np.ndarray) -> str:
+    for name, d in sets.items():
         median = f", median {np.median(d):.3f} um" if d.size else ""
-        return f"{name}: {d.size} particles{median}"
-
-    ax.hist(truth, bins=edges, histtype="stepfilled", color="0.85", edgecolor="0.3",
-            label=label("ground truth", truth))  # fmt: skip
-    for name, d in found.items():
-        ax.hist(d, bins=edges, histtype="step", linewidth=1.8, label=label(name, d))
+        label = f"{name}: {d.size} particles{median}"
+        if name == "ground truth":
+            ax.hist(d, bins=edges, histtype="stepfilled", color="0.85", edgecolor="0.3",
+                    label=label)  # fmt: skip
+        else:
+            ax.hist(d, bins=edges, histtype="step", linewidth=1.8, label=label)
     ax.set_xlabel("equivalent diameter (um)")
     ax.set_ylabel("particles")
-    ax.set_title(f"{phantom.name} seed {phantom.seed}: particle sizes over the scanned region")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=110)
     return path

@@ -159,3 +159,14 @@ def test_bad_detector_arguments_are_refused(tmp_path):
         bl.ptycho_det.trigger()
     with pytest.raises(ValueError, match="'open', 'closed'"):
         bl.shutter.set("ajar")
+
+
+def test_reseed_restarts_the_detector_noise(small_2d):
+    det = small_2d.ptycho_det
+    expected = det.expected_frame()
+    first = [det.noisy_frame(expected) for _ in range(2)]
+    assert not np.array_equal(first[0], first[1])  # a noise stream, not a fixed draw
+    det.reseed()
+    np.testing.assert_array_equal(det.noisy_frame(expected), first[0])  # as built
+    det.reseed(det.seed + 1)
+    assert not np.array_equal(det.noisy_frame(expected), first[0])
