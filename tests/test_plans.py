@@ -237,3 +237,64 @@ def test_catalog_by_url_and_api_key(tmp_path, ptycho_beamline):
         assert uid in open_catalog(uri=url, api_key=server.api_key).raw
     finally:
         server.close()
+
+
+# -- stubs ---------------------------------------------------------------------------
+def _messages(plan, replies=None):
+    """Drive ``plan`` without a RunEngine: each message's (command, object, kwargs
+    without the group names); ``replies`` maps a command to what it is sent back."""
+    replies = replies or {}
+    out, reply = [], None
+    try:
+        while True:
+            msg = plan.send(reply)
+            kwargs = {k: v for k, v in msg.kwargs.items() if k != "group"}
+            out.append((msg.command, msg.obj, msg.args, kwargs))
+            reply = replies.get(msg.command)
+    except StopIteration as stop:
+        return out, stop.value
+
+
+def test_expose_and_move_yield_what_bluesky_stubs_yield(ptycho_beamline):
+    """``plans.stubs`` yields its messages itself (bluesky's stubs format the caller's
+    stack on every call): the same messages, in the same order, as bluesky's own."""
+    import bluesky.plan_stubs as bps
+
+    from synaps_agent.plans.stubs import expose, move, move_and_expose
+
+    bl = ptycho_beamline
+    detectors, extra = [bl.ptycho_det], [bl.i0, bl.stage.x]
+    reading = {"x": {"value": 1.0, "timestamp": 0.0}}
+    ours, ours_value = _messages(expose(detectors, extra, stream="dark"), {"read": reading})
+    theirs, theirs_value = _messages(
+        bps.trigger_and_read([*detectors, *extra], name="dark"), {"read": reading}
+    )
+    assert ours == theirs
+    assert ours_value == theirs_value == reading
+    assert [m[0] for m in ours][-4:] == ["read", "read", "read", "save"]
+
+    moves = {bl.stage.x: 0.5, bl.stage.y: -0.25}
+    ours, _ = _messages(move(moves))
+    theirs, _ = _messages(bps.mv(bl.stage.x, 0.5, bl.stage.y, -0.25))
+    assert ours == theirs
+    ours, _ = _messages(move_and_expose(detectors, moves))
+    assert [m[0] for m in ours[:3]] == ["set", "set", "wait"]
+    assert ours[3:] == _messages(bps.trigger_and_read([*detectors, *moves]))[0]
+
+
+def test_expose_drops_the_event_when_a_read_fails(ptycho_beamline):
+    from synaps_agent.plans.stubs import expose
+
+    plan = expose([ptycho_beamline.ptycho_det])
+    commands = []
+    msg = plan.send(None)
+    with pytest.raises(RuntimeError, match="read failed"):
+        while True:
+            commands.append(msg.command)
+            msg = (
+                plan.throw(RuntimeError("read failed"))
+                if msg.command == "read"
+                else plan.send(None)
+            )
+    assert commands[-1] == "drop"
+    assert "save" not in commands
