@@ -11,6 +11,7 @@ from Tiled.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -36,9 +37,12 @@ class StreamFrameReader:
     ``(data_key, seq_nums, frames)`` with ``frames`` of shape ``(n, *frame_shape)``.
     """
 
+    #: files kept open at once (the most recently read ones)
+    max_open_files = 4
+
     def __init__(self) -> None:
         self._resources: dict[str, dict] = {}
-        self._files: dict[str, object] = {}
+        self._open: dict[str, Any] = {}  # resource uid -> (file, dataset), oldest first
 
     def stream_resource(self, doc: dict) -> None:
         if doc.get("mimetype") != "application/x-hdf5":
@@ -52,28 +56,47 @@ class StreamFrameReader:
         resource = self._resources.get(resource_uid)
         return None if resource is None else resource["data_key"]
 
-    def stream_datum(self, doc: dict) -> tuple[str, range, np.ndarray]:
+    def _dataset(self, resource: dict) -> Any:
+        """The resource's dataset, opened once (SWMR) and refreshed: the writer may have
+        grown it since the last read."""
         import h5py
 
+        uid = resource["uid"]
+        entry = self._open.pop(uid, None)
+        if entry is None:
+            path = path_from_uri(resource["uri"])
+            handle = h5py.File(path, "r", swmr=True, libver="latest")
+            entry = (handle, handle[resource["parameters"]["dataset"]])
+        self._open[uid] = entry  # now the most recent
+        while len(self._open) > self.max_open_files:
+            oldest = next(iter(self._open))
+            self._open.pop(oldest)[0].close()
+        node = entry[1]
+        node.refresh()
+        return node
+
+    def stream_datum(self, doc: dict) -> tuple[str, range, np.ndarray]:
         resource = self._resources.get(doc["stream_resource"])
         if resource is None:
             raise KeyError(f"stream datum {doc['uid']} refers to an unknown stream resource")
         start, stop = doc["indices"]["start"], doc["indices"]["stop"]
-        path = path_from_uri(resource["uri"])
-        dataset = resource["parameters"]["dataset"]
-        # open per read: the writer may grow the file between reads (SWMR)
-        with h5py.File(path, "r", swmr=True, libver="latest") as f:
-            node = f[dataset]
-            node.refresh() if hasattr(node, "refresh") else None
-            if stop > node.shape[0]:
-                raise IndexError(
-                    f"{resource['data_key']}: frames {start}:{stop} not in {path} "
-                    f"(it holds {node.shape[0]})"
-                )
-            frames = np.asarray(node[start:stop])
+        node = self._dataset(resource)
+        if stop > node.shape[0]:
+            raise IndexError(
+                f"{resource['data_key']}: frames {start}:{stop} not in "
+                f"{path_from_uri(resource['uri'])} (it holds {node.shape[0]})"
+            )
+        frames = np.asarray(node[start:stop])
         seq = doc.get("seq_nums") or {"start": 0, "stop": 0}
         seq_nums = range(seq["start"], seq["stop"])
         return resource["data_key"], seq_nums, frames
 
+    def close(self) -> None:
+        """Close the open files (a later read opens them again)."""
+        while self._open:
+            self._open.popitem()[1][0].close()
+
     def clear(self) -> None:
+        """Forget every resource and close their files."""
+        self.close()
         self._resources.clear()

@@ -361,6 +361,7 @@ class PtychoReconstruction(StreamingAnalysis):
             self._pair(doc["seq_num"], frame=np.asarray(frame))
 
     def stop(self, doc: dict) -> None:
+        self._reader.clear()  # the run's frame files are closed
         if self.geometry is None or self.analysis is None:
             return
         unpaired = len(self._frames) + len(self._positions)

@@ -182,6 +182,7 @@ class TomoReconstruction(StreamingAnalysis):
             self._pair(stream, doc["seq_num"], frame=np.asarray(frame))
 
     def stop(self, doc: dict) -> None:
+        self._reader.clear()  # the run's frame files are closed
         if self.geometry is not None and self.analysis is not None:
             self.finish()
 

@@ -7,9 +7,10 @@ from collections.abc import Callable
 
 import numpy as np
 from ophyd import Component as Cpt
-from ophyd import Device, Signal
+from ophyd import Signal
 from ophyd.status import DeviceStatus
 
+from .device import SimDevice
 from .motors import ClockAlarm, SimClock
 
 __all__ = ["Beam", "BeamMonitor", "Shutter"]
@@ -180,7 +181,7 @@ class Beam:
         self._restore_token = self._restore_timer = self._restore_alarm = None
 
 
-class Shutter(Device):
+class Shutter(SimDevice):
     """A beam shutter: ``set("open")`` / ``set("closed")`` (also 1 / 0)."""
 
     state = Cpt(Signal, value="closed", kind="normal")
@@ -205,7 +206,7 @@ class Shutter(Device):
         return status
 
 
-class BeamMonitor(Device):
+class BeamMonitor(SimDevice):
     """Incident-intensity monitor (I0): photons per second reaching the sample.
 
     ``intensity`` (read in events) integrates over the exposure window the monitor

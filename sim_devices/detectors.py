@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 from ophyd import Component as Cpt
-from ophyd import Device, Signal
+from ophyd import Signal
 from ophyd.status import DeviceStatus
 
 from .beam import Beam, Shutter
+from .device import SimDevice
 from .frame_files import HDF5FrameWriter
 from .motors import SampleStage, SimClock
 from .optics import (
@@ -31,7 +32,7 @@ from .sample import SimSample
 __all__ = ["ProjectionDetector", "PtychoDetector", "SimAreaDetector"]
 
 
-class SimAreaDetector(Device):
+class SimAreaDetector(SimDevice):
     """Common part of the simulated area detectors (exposure, files, asset documents).
 
     Subclasses implement :meth:`expected_frame` (the noise-free frame) and

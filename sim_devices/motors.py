@@ -19,9 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ophyd import Component as Cpt
-from ophyd import Device, Signal
+from ophyd import Signal
 from ophyd.status import MoveStatus
 from ophyd.utils.errors import LimitError
+
+from .device import SimDevice
 
 __all__ = [
     "ClockAlarm",
@@ -143,7 +145,7 @@ def trapezoid_move_time(distance: float, velocity: float, acceleration_time: flo
     return 2.0 * math.sqrt(distance * acceleration_time / velocity)
 
 
-class SimMotor(Device):
+class SimMotor(SimDevice):
     """A positioner with soft limits, velocity, acceleration and settle time.
 
     Reading it gives the readback under the motor's own name (like ``EpicsMotor``).
@@ -326,7 +328,7 @@ class SimMotor(Device):
         """Stopping a simulated move is immediate; the move thread simply finishes."""
 
 
-class SampleStage(Device):
+class SampleStage(SimDevice):
     """The sample stage: ``x`` and ``y`` translations (um) and rotation ``theta`` (deg)."""
 
     x = Cpt(SimMotor, egu="um", kind="hinted")
