@@ -159,7 +159,6 @@ def _engine(
         algorithm=algorithm,
         batch_size=p["batch_size"],
         seed=seed,
-        **({"alpha": 1.0, "beta_probe": 0.5} if algorithm == "lsqml" else {}),
     )
     shape = data["truth"].shape
     return PtychoEngine(p["frame_size"], data["probe_guess"], object_shape=shape, config=config)

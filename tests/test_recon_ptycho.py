@@ -335,7 +335,8 @@ def test_lsqml_wrong_probe_small_batches_does_not_diverge():
     yy, xx = np.meshgrid(c, c, indexing="ij")
     pos = np.stack([yy.ravel(), xx.ravel()], axis=1)
     frames = np.stack([poisson_counts(ptycho_pattern(obj, probe, p), rng) for p in pos])
-    cfg = PtychoConfig(algorithm="lsqml", batch_size=8, alpha=1.0, beta_probe=0.5)
+    cfg = PtychoConfig(algorithm="lsqml", batch_size=8)  # its defaults: optimal steps, momentum
+    assert (cfg.alpha, cfg.beta_probe, cfg.momentum) == (1.0, 1.0, 0.5)
     eng = PtychoEngine(n, guess, object_shape=obj.shape, config=cfg)
     eng.add_frames(frames, pos)
     eng.run_epochs(10)
