@@ -163,6 +163,8 @@ class LiveView:
                         self._fail(f"{type(analysis).__name__} did not finish in time")
                         break
             self._save(final=True)
+            if self._window is not None:
+                self._window.request(self, force=True)
         except Exception as exc:  # noqa: BLE001 - reported, never raised into the scan
             self._fail(f"render: {exc!r}")
         finally:
@@ -251,9 +253,11 @@ class _Window:
                 self.backend,
             )
 
-    def request(self, view: LiveView) -> None:
+    def request(self, view: LiveView, *, force: bool = False) -> None:
+        """Draw ``view`` in the window, unless it was drawn less than a second ago (the
+        final state is drawn with ``force``: it may come within that second)."""
         now = time.monotonic()
-        if now - self._last >= 1.0:
+        if force or now - self._last >= 1.0:
             self._last = now
             self._callback("event", {"live_view": view})
 
