@@ -91,7 +91,7 @@ def expose(
                 reading = yield Msg("read", device)
                 if reading is not None:
                     readings.update(reading)
-        except BaseException:
+        except Exception:  # not GeneratorExit: a closed plan must not yield
             yield Msg("drop")
             raise
         yield Msg("save")

@@ -298,3 +298,17 @@ def test_expose_drops_the_event_when_a_read_fails(ptycho_beamline):
             )
     assert commands[-1] == "drop"
     assert "save" not in commands
+
+
+def test_expose_closed_during_a_read_ends_quietly(ptycho_beamline):
+    """A plan closed mid-event (the RunEngine halting) gets GeneratorExit: ``expose``
+    must not answer it with a ``drop`` message (a closed generator cannot yield)."""
+    from synaps_agent.plans.stubs import expose
+
+    plan = expose([ptycho_beamline.ptycho_det])
+    msg = plan.send(None)
+    while msg.command != "read":
+        msg = plan.send(None)
+    plan.close()  # raises RuntimeError if the generator yields on GeneratorExit
+    with pytest.raises(StopIteration):
+        plan.send(None)

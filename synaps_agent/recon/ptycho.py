@@ -132,6 +132,10 @@ class PtychoConfig:
         It speeds up the slowly converging low spatial frequencies (the phase of large
         uniform particles relative to the air around them). 0 disables. Default: 0 (rPIE,
         ePIE), 0.5 (LSQ-ML).
+
+        The defaults of ``alpha``, ``beta_probe`` and ``momentum`` are filled in when the
+        config is made, so ``dataclasses.replace(config, algorithm="lsqml")`` keeps the
+        previous algorithm's values; pass them as ``None`` to take the new one's.
     seed : int
         Seed of the generator that draws the mini-batches.
     device : str
