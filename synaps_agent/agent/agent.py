@@ -69,7 +69,11 @@ class AgentConfig:
         and each pick of a batch counts as seen for the next
         (:class:`~synaps_agent.agent.candidates.FootprintCoverage`,
         :func:`~synaps_agent.agent.acquisition.select_batch`). Unmeasured area is where
-        the segmentation is surely wrong. 0: the GP's acquisition alone.
+        the segmentation is surely wrong. 0: the GP's acquisition alone. The default 5
+        was chosen on the ``autonomy`` benchmark (96 px P-dense 411: at 25 % of raster's
+        exposures 0.569 / 0.767 / 0.795 fair IoU with weights 1 / 3 / 5, random 0.772;
+        10: 0.775): below it a dense sample is under-covered, far above it the GP's
+        uncertainty no longer steers.
     surrogate : SurrogateConfig
     """
 
@@ -85,7 +89,7 @@ class AgentConfig:
     max_candidates: int = 1024
     tolerance: dict[str, float] | None = None
     batch_min_distance: float = 1.0
-    coverage_weight: float = 1.0
+    coverage_weight: float = 5.0
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
 
     @classmethod
