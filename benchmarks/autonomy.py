@@ -19,7 +19,13 @@ after ``final_epochs``) is a secondary column.
 Headline: the fraction of raster's exposures a strategy needs to reach raster's final IoU
 within 0.02 (``None``: not reached within its budget).
 
+Seed check (``--check-seeds``): on further phantoms of each case (other seeds, also
+outside development) only random and the agent scan, fairly scored the same way; the
+table gives the agent's fair IoU minus random's at each common budget past the seed
+lattice, seed by seed, so one phantom's luck does not decide the comparison.
+
     python -m benchmarks.autonomy [--smoke] [--out DIR] [--cases P-sparse P-dense]
+                                  [--check-seeds 412 413 414]
 """
 
 from __future__ import annotations
@@ -91,17 +97,10 @@ def summarize_case(case: str, outcomes: dict) -> dict[str, Any]:
     margins: dict[str, Any] = {}
     if "agent" in outcomes:
         agent = outcomes["agent"]
-        first = min(n for n, _ in agent.fair_curve) if agent.fair_curve else 0
-        budgets = sorted({n for n, _ in agent.fair_curve if n > first})
         for name in adaptive:
             if name == "agent":
                 continue
-            diffs = []
-            for b in budgets:
-                mine = iou_at(agent.fair_curve, b)
-                theirs = iou_at(outcomes[name].fair_curve, b)
-                if mine is not None and theirs is not None:
-                    diffs.append((b, mine - theirs))
+            diffs = margins_against(agent.fair_curve, outcomes[name].fair_curve)
             margins[name] = {
                 "agent_minus_baseline": diffs,
                 "agent_ahead_at_every_budget": bool(diffs) and all(d > 0 for _, d in diffs),
@@ -113,6 +112,18 @@ def summarize_case(case: str, outcomes: dict) -> dict[str, Any]:
         "strategies": strategies,
         "agent_vs_baselines": margins,
     }
+
+
+def margins_against(agent_curve: list, baseline_curve: list) -> list[tuple[int, float]]:
+    """``(budget, agent IoU - baseline IoU)`` at each budget of the agent's fair curve
+    past its first point (the shared seed lattice) where both curves have a value."""
+    first = min(n for n, _ in agent_curve) if agent_curve else 0
+    diffs = []
+    for b in sorted({n for n, _ in agent_curve if n > first}):
+        mine, theirs = iou_at(agent_curve, b), iou_at(baseline_curve, b)
+        if mine is not None and theirs is not None:
+            diffs.append((b, mine - theirs))
+    return diffs
 
 
 def coverage_figures(positions: np.ndarray, half: float, radius: float) -> dict[str, float]:
@@ -172,7 +183,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--size", type=int, default=None, help="phantom edge in pixels")
     parser.add_argument("--final-epochs", type=int, default=None,
                         help="reconstruction epochs over all frames after each scan")  # fmt: skip
+    parser.add_argument("--check-seeds", nargs="+", type=int, default=[],
+                        help="further phantom seeds (> 9) on which random and the agent "
+                             "are compared")  # fmt: skip
     args = parser.parse_args(argv)
+    if any(seed <= 9 for seed in args.check_seeds):
+        parser.error(f"--check-seeds must be outside the development seeds 0-9, "
+                     f"got {args.check_seeds}")  # fmt: skip
     p = _params(args.smoke)
     if args.cases:
         p["cases"] = list(args.cases)
@@ -204,6 +221,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     log=log,
                 )
                 figures["cases"][case] = summarize_case(case, outcomes)
+            for case in p["cases"]:
+                for seed in args.check_seeds:
+                    pair = run_strategies(
+                        catalog, ("random", "agent"), case=case, size=p["size"], seed=seed,
+                        budget_fraction=p["budget_fraction"], segmenter=segmenter,
+                        final_epochs=p["final_epochs"], batch_size=p["batch_size"],
+                        scoring=OfflineScoring(epochs=p["scoring_epochs"]), log=log,
+                    )  # fmt: skip
+                    figures.setdefault("seed_check", []).append({
+                        "case": case,
+                        "seed": seed,
+                        "random": pair["random"].fair_curve,
+                        "agent": pair["agent"].fair_curve,
+                        "simulated_seconds": {k: v.simulated_seconds for k, v in pair.items()},
+                        "agent_minus_random": margins_against(
+                            pair["agent"].fair_curve, pair["random"].fair_curve),
+                    })  # fmt: skip
     figures["wall_seconds"] = time.perf_counter() - t_start
     png = plot(figures, results_dir(args.out) / f"{NAME}.png")
     figures["figure"] = png.name
@@ -231,6 +265,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         margin_rows,
         ["case", "baseline", "smallest margin", "ahead at every budget", "budgets"],
     )
+    if figures.get("seed_check"):
+        print_table(
+            "Seed check: agent fair IoU minus random's at each budget past the seed lattice",
+            [[c["case"], c["seed"],
+              ", ".join(f"{b}: {d:+.3f}" for b, d in c["agent_minus_random"]),
+              c["simulated_seconds"]["agent"] / c["simulated_seconds"]["random"]]
+             for c in figures["seed_check"]],
+            ["case", "seed", "exposures: margin", "agent / random beam time"],
+        )  # fmt: skip
     notes = [
         "Fair IoU: the first N stored frames of each run reconstructed offline with a fixed "
         "engine (seed 0, the run's initial probe, scoring_epochs, one torch thread), "
@@ -247,7 +290,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "so far (stale_maps: decisions whose wait timed out), so the same seeds give the "
         "same positions whatever the machine's load.",
     ]
-    path = write_result(NAME, figures, {**SEEDS}, p, out=args.out, notes=notes)
+    seeds = {**SEEDS, **{f"check_{i}": seed for i, seed in enumerate(args.check_seeds)}}
+    path = write_result(NAME, figures, seeds, p, out=args.out, notes=notes)
     print(f"wrote {path} and {png}")
     return {"path": str(path), "figures": figures, "params": p}
 

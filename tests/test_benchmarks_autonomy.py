@@ -32,7 +32,9 @@ def test_curve_helpers():
 
 @pytest.mark.timeout(240)
 def test_autonomy_smoke(tmp_path):
-    result = autonomy.main(["--smoke", "--out", str(tmp_path), "--quiet"])
+    result = autonomy.main(
+        ["--smoke", "--out", str(tmp_path), "--quiet", "--check-seeds", "431"]
+    )
     record = json.loads(Path(result["path"]).read_text())
     assert record["benchmark"] == "autonomy" and record["params"]["smoke"] is True
     assert all(seed > 9 for seed in record["seeds"].values())  # outside development seeds
@@ -57,3 +59,17 @@ def test_autonomy_smoke(tmp_path):
             assert s["exposures"] == max(20, raster["exposures"] // 2)
         seconds = [t for t, _ in s["iou_vs_seconds"]]
         assert 0 < seconds[-1] <= s["simulated_seconds"] + 1e-9
+    # the seed check: random and the agent on a further phantom, margins from their curves
+    (check,) = record["figures"]["seed_check"]
+    assert check["seed"] == record["seeds"]["check_0"] == 431 and check["case"] == case
+    assert check["agent"][0] == check["random"][0]  # the same seed lattice, the same score
+    agent_curve, random_curve = dict(check["agent"]), dict(check["random"])
+    assert check["agent_minus_random"]
+    for budget, margin in check["agent_minus_random"]:
+        assert budget > check["agent"][0][0]
+        assert margin == pytest.approx(agent_curve[budget] - random_curve[budget])
+
+
+def test_check_seeds_refuse_development_seeds():
+    with pytest.raises(SystemExit):
+        autonomy.main(["--smoke", "--check-seeds", "3"])
