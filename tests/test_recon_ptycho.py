@@ -258,11 +258,14 @@ def test_streaming_matches_batch(data):
         eng.iterate(4)
     assert eng.num_frames == len(pos)
     assert sorted(eng.ids) == list(range(len(pos)))
-    eng.run_epochs(45)
+    # compared where both have converged: at 45 / 50 epochs both still fall steeply
+    # (0.05 / 0.03 rad on one CPU, 0.02 / 0.02 on another), at 90 / 100 they level off
+    # (measured 0.0064 / 0.0071 rad)
+    eng.run_epochs(90)
     stream_err = _phase_error(eng.snapshot(), obj)
-    batch = reconstruct(frames, pos, probe, epochs=50, config=cfg)
+    batch = reconstruct(frames, pos, probe, epochs=100, config=cfg)
     batch_err = _phase_error(batch, obj)
-    assert stream_err < 0.03
+    assert stream_err < 0.015
     assert stream_err < 1.5 * batch_err + 0.005, (stream_err, batch_err)
 
 
