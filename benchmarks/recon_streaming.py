@@ -16,7 +16,12 @@ reconstruction. Reported: backlog over time (max, at RunStop), frames taken in p
 mini-batch updates per second while the scan runs, phase error vs frames received, and
 the time after RunStop until the live phase error is within 10 % of the batch
 reconstruction's (the same engine and settings, on the same frames and positions given as
-arrays, ``batch_epochs`` epochs; :func:`synaps_agent.recon.ptycho.reconstruct`).
+arrays, ``batch_epochs`` epochs, as :func:`synaps_agent.recon.ptycho.reconstruct` does),
+and, independent of the machine's load, the epochs' worth of updates the live engine
+needed after RunStop to get there against the epochs the batch needs from scratch (its
+error after every epoch is recorded; also with the momentum the callback's free-running
+schedule uses, for reference). A snapshot copies the engine's state under its lock and
+sums the coverage map after, so the monitor hardly slows the final epochs.
 
 Run ``python -m benchmarks.recon_streaming`` (``--smoke`` for CI sizes).
 """
@@ -36,7 +41,7 @@ from benchmarks._common import base_parser, print_table, results_dir, torch_thre
 from benchmarks.recon_ptycho import phase_error
 from synaps_agent.callbacks.frames import StreamFrameReader
 from synaps_agent.callbacks.ptycho import PtychoGeometry, PtychoReconstruction
-from synaps_agent.recon.ptycho import PtychoConfig, reconstruct
+from synaps_agent.recon.ptycho import PtychoConfig, PtychoEngine
 from synaps_agent.sim_devices.beamline import make_sim_beamline
 from synaps_agent.sim_devices.phantoms import make_phantom
 
@@ -70,7 +75,7 @@ def _params(smoke: bool) -> dict[str, Any]:
             "final_epochs": 15,
             "batch_epochs": 15,
             "snapshot_every": 0.5,
-            "after_stop_snapshot_every": 0.25,
+            "after_stop_snapshot_every": 0.1,
         }
     return {
         **common,
@@ -83,7 +88,7 @@ def _params(smoke: bool) -> dict[str, Any]:
         "final_epochs": 20,
         "batch_epochs": 20,
         "snapshot_every": 1.5,
-        "after_stop_snapshot_every": 1.0,
+        "after_stop_snapshot_every": 0.25,
     }
 
 
@@ -183,8 +188,8 @@ class _Recorder:
 def _monitor(recon, recorder, p, samples, snapshots, done: threading.Event) -> None:
     """Sample backlog and engine state until ``done``; keep snapshots at intervals.
 
-    A snapshot holds the engine's lock (and computes the coverage map), so snapshots are
-    at least three times their own duration apart.
+    A snapshot takes CPU (the coverage map), so snapshots are at least three times their
+    own duration apart.
     """
     t_last_snap = 0.0
     snap_seconds = 0.0
@@ -202,10 +207,19 @@ def _monitor(recon, recorder, p, samples, snapshots, done: threading.Event) -> N
                 "iterations": iterations,
             }
         )
-        stopped = recorder.t_stop is not None
-        every = p["after_stop_snapshot_every"] if stopped else p["snapshot_every"]
-        if now - t_last_snap >= max(every, 3 * snap_seconds) and in_engine:
-            snap = recon.snapshot()  # holds the engine's lock: keep it under ~1/3 of the time
+        if recorder.t_stop is not None:
+            # after RunStop the frames are all known: copies of the object only (cheap),
+            # scored with the final snapshot's coverage map
+            if now - t_last_snap >= p["after_stop_snapshot_every"] and in_engine:
+                snap = engines[0].snapshot(coverage=False)
+                snapshots.append(
+                    {"t": time.perf_counter(), "emitted": recorder.events, "snap": snap}
+                )
+                t_last_snap = now
+            done.wait(p["sample_interval"])
+            continue
+        if now - t_last_snap >= max(p["snapshot_every"], 3 * snap_seconds) and in_engine:
+            snap = recon.snapshot()  # costs CPU: keep it under ~1/3 of the time
             snap_seconds = time.perf_counter() - now
             if snap is not None:
                 snapshots.append(
@@ -271,8 +285,13 @@ def live_run(case: str, p: dict[str, Any], frames_dir: Path) -> dict[str, Any]:
     bl = _beamline(case, p, frames_dir)
     truth = bl.phantom.transmission(bl.ptycho_det.energy.get())
     config = PtychoConfig(batch_size=p["batch_size"], seed=SEEDS["engine"])
+    # the callback's defaults unless the command line says otherwise (ablations)
+    options = {k: p[k] for k in ("momentum", "final_threads") if k in p}
     recon = PtychoReconstruction(
-        config=config, snapshot_interval=p["snapshot_interval"], final_epochs=p["final_epochs"]
+        config=config,
+        snapshot_interval=p["snapshot_interval"],
+        final_epochs=p["final_epochs"],
+        **options,
     )
     recorder = _Recorder(bl.ptycho_det.image_key)
     RE = RunEngine({}, call_returns_result=False)
@@ -300,14 +319,30 @@ def live_run(case: str, p: dict[str, Any], frames_dir: Path) -> dict[str, Any]:
     final_snap = recon.snapshot()
     snapshots.append({"t": t_final, "emitted": recorder.events, "snap": final_snap})
 
-    # batch reference: the same engine settings, frames and positions from arrays
+    # batch reference: the same engine settings, frames and positions from arrays (what
+    # reconstruct() does, one epoch at a time to record its error vs epochs)
     frames, positions = recorder.frames_and_positions(recon.geometry)
-    t0 = time.perf_counter()
-    batch = reconstruct(
-        frames, positions, recon.geometry.probe, epochs=p["batch_epochs"], config=config
+    batch_engine = PtychoEngine(frames.shape[1:], recon.geometry.probe, config=config)
+    batch_engine.add_frames(frames, positions)
+    batch_seconds, batch_cpu_seconds, batch_curve = 0.0, 0.0, []
+    for epoch in range(1, p["batch_epochs"] + 1):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        batch_engine.run_epochs(1)
+        batch_seconds += time.perf_counter() - t0
+        batch_cpu_seconds += time.thread_time() - c0
+        batch = batch_engine.snapshot()
+        batch_curve.append({"epoch": epoch, "phase_rmse": phase_error(batch, truth)["phase_rmse"]})
+    batch_error = batch_curve[-1]["phase_rmse"]
+    # for reference: the batch with the momentum the live free-running schedule uses
+    momentum_engine = PtychoEngine(
+        frames.shape[1:], recon.geometry.probe, config=recon._free_running(config)
     )
-    batch_seconds = time.perf_counter() - t0
-    batch_error = phase_error(batch, truth)["phase_rmse"]
+    momentum_engine.add_frames(frames, positions)
+    momentum_curve = []
+    for epoch in range(1, p["batch_epochs"] + 1):
+        momentum_engine.run_epochs(1)
+        error = phase_error(momentum_engine.snapshot(), truth)["phase_rmse"]
+        momentum_curve.append({"epoch": epoch, "phase_rmse": error})
     # what no reconstruction at all scores (a flat object over the same lit pixels)
     flat_error = phase_error(replace(batch, object=np.ones_like(batch.object)), truth)
 
@@ -317,22 +352,29 @@ def live_run(case: str, p: dict[str, Any], frames_dir: Path) -> dict[str, Any]:
     for s in sorted(snapshots, key=lambda s: s["t"]):
         if s["t"] > t_final:
             continue
-        errors = phase_error(s["snap"], truth)
+        snap = s["snap"]
+        if snap.illumination.size == 0:  # an object copy after RunStop
+            if snap.object.shape != final_snap.object.shape or any(
+                snap.origin != final_snap.origin
+            ):
+                continue
+            snap = replace(snap, illumination=final_snap.illumination)
+        errors = phase_error(snap, truth)
         curve.append(
             {
                 "t_after_stop": s["t"] - t_stop,
                 "frames_emitted": s["emitted"],
-                "frames_in_engine": int(s["snap"].num_frames),
-                "iterations": int(s["snap"].num_iterations),
+                "frames_in_engine": int(snap.num_frames),
+                "iterations": int(snap.num_iterations),
                 "phase_rmse": errors["phase_rmse"],
                 "aligned": errors["aligned"],
             }
         )
     target = TOLERANCE * batch_error
-    caught_up = next(
-        (c["t_after_stop"] for c in curve if c["t_after_stop"] >= 0 and c["phase_rmse"] <= target),
-        None,
+    caught = next(
+        (c for c in curve if c["t_after_stop"] >= 0 and c["phase_rmse"] <= target), None
     )
+    caught_up = None if caught is None else caught["t_after_stop"]
     backlog = [
         {
             "t": s["t"] - t_first,
@@ -354,6 +396,9 @@ def live_run(case: str, p: dict[str, Any], frames_dir: Path) -> dict[str, Any]:
         None,
     )
     n = recorder.events
+    # load-independent: epochs' worth of updates after RunStop until caught up, against
+    # the epochs the batch reconstruction needs from scratch
+    at_stop_iterations = at_stop["iterations"]
     return {
         "frames": n,
         "arrival_fps": (n - 1) / scan_seconds,
@@ -374,6 +419,25 @@ def live_run(case: str, p: dict[str, Any], frames_dir: Path) -> dict[str, Any]:
         "live_vs_batch_error_ratio": curve[-1]["phase_rmse"] / batch_error,
         "target_phase_rmse": target,
         "caught_up_s_after_stop": caught_up,
+        "caught_up_epochs_after_stop": (
+            None if caught is None
+            else (caught["iterations"] - at_stop_iterations) * p["batch_size"] / n
+        ),
+        "final_epochs_per_s": (
+            (curve[-1]["iterations"] - at_stop_iterations) * p["batch_size"] / n
+            / max(t_final - t_stop, 1e-9)
+        ),
+        "batch_epochs_per_s": p["batch_epochs"] / batch_seconds,
+        "batch_cpu_s_per_epoch": batch_cpu_seconds / p["batch_epochs"],
+        "batch_epochs_to_target": next(
+            (b["epoch"] for b in batch_curve if b["phase_rmse"] <= target), None
+        ),
+        "batch_curve": batch_curve,
+        "batch_momentum": momentum_engine.config.momentum,
+        "batch_with_live_momentum_phase_rmse": momentum_curve[-1]["phase_rmse"],
+        "batch_with_live_momentum_curve": momentum_curve,
+        "live_momentum": recon._free_running(config).momentum,
+        "final_threads_used": recon.final_threads_used,
         "warnings": len(recon.warnings),
         "skipped": len(recon.skipped),
         "curve": curve,
@@ -440,8 +504,21 @@ def plot(figures: dict[str, Any], path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print its tables, write the JSON and the PNG; return the record."""
-    args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument(
+        "--momentum", default=None,
+        help="PtychoReconstruction(momentum=...): a number or 'none' (default: its default)",
+    )
+    parser.add_argument(
+        "--final-threads", default=None,
+        help="PtychoReconstruction(final_threads=...): a number or 'none' (default: its default)",
+    )
+    args = parser.parse_args(argv)
     p = _params(args.smoke)
+    if args.momentum is not None:
+        p["momentum"] = None if args.momentum == "none" else float(args.momentum)
+    if args.final_threads is not None:
+        p["final_threads"] = None if args.final_threads == "none" else int(args.final_threads)
     figures: dict[str, Any] = {"cases": {}}
     t_start = time.perf_counter()
     with torch_threads(p["torch_threads"]), tempfile.TemporaryDirectory() as tmp:
@@ -494,6 +571,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             r["caught_up_s_after_stop"] if r["caught_up_s_after_stop"] is not None else "never",
             r["live_final_phase_rmse"],
             r["final_seconds_after_stop"],
+            r["caught_up_epochs_after_stop"]
+            if r["caught_up_epochs_after_stop"] is not None
+            else "never",
+            r["batch_epochs_to_target"] if r["batch_epochs_to_target"] is not None else "never",
+            r["batch_with_live_momentum_phase_rmse"],
             r["batch_seconds"],
         ]
         for case, r in figures["cases"].items()
@@ -508,6 +590,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "s after stop to target",
             "live final phase RMSE",
             "s after stop to final",
+            "epochs after stop to target",
+            "batch epochs to target",
+            "batch with live momentum",
             "batch s",
         ],
     )
@@ -518,9 +603,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "without the reconstruction.",
         "Backlog: frames emitted by the RunEngine and not yet added to the engine.",
         f"Live: PtychoReconstruction defaults (probe held until RunStop, then {p['final_epochs']} "
-        f"final epochs with probe refinement); batch: reconstruct() with the same config, "
+        "final epochs with probe refinement; momentum 0.5 in its free-running schedule); "
+        "batch: what reconstruct() does with the same config (momentum 0 for rPIE), "
         f"{p['batch_epochs']} epochs, same frames, positions and probe guess (the probe model "
-        "from the run's metadata).",
+        "from the run's metadata); 'batch with live momentum': the same with momentum 0.5.",
+        "Epochs after stop to target: mini-batch updates after RunStop until the first "
+        "snapshot within the target, in epochs (load-independent, unlike the seconds).",
         "Phase error: benchmarks.recon_ptycho.phase_error (lit pixels above 10 % of peak, "
         "eroded 2 px, after alignment); snapshots polled by a monitor thread.",
         f"{p['torch_threads']} torch thread.",

@@ -164,6 +164,24 @@ class PtychoReconstruction(StreamingAnalysis):
         Seconds between emitted snapshots while the scan runs (0: only the final one).
     final_epochs : int
         Epochs over all frames after the run stops, before the final snapshot.
+    momentum : float, optional
+        Heavy-ball momentum of the object (see
+        :class:`~synaps_agent.recon.ptycho.PtychoConfig`) in the free-running schedule,
+        live and in the final epochs, where the config's momentum is 0 (rPIE's and
+        ePIE's default; a config with momentum keeps its own); None: always the
+        config's. Default 0.5: on the recon_streaming benchmark (rPIE; offline replays of
+        the scan at the update rate the worker gets beside a 200 frames/s RunEngine)
+        the final epochs reach the batch reconstruction's error + 10 % in 5-6 epochs
+        instead of 11-13; see docs/benchmarks.md. The chunk schedule keeps the config's
+        momentum (its results are a fixed reference).
+    final_threads : int, optional
+        Torch intra-op threads for the final epochs of the free-running schedule (the
+        RunEngine is idle by then): the first final epoch runs with the process's
+        threads, the second with ``final_threads``, the rest with whichever was faster
+        (on an idle 2-core machine 2 threads make an epoch 1.6x faster; on a loaded one
+        a thread waiting for a busy core made it 4-5x slower). ``torch.set_num_threads``
+        is process-wide: other torch work in the process gets them too meanwhile; it is
+        restored after. None: unchanged. The chunk schedule keeps the process's threads.
     max_epochs_live : float
         Background iterations stop after this many epochs over the frames received, so
         an idle reconstruction does not spin (more frames resume it).
@@ -227,6 +245,8 @@ class PtychoReconstruction(StreamingAnalysis):
         config: PtychoConfig | None = None,
         snapshot_interval: float = 2.0,
         final_epochs: int = 50,
+        momentum: float | None = 0.5,
+        final_threads: int | None = 2,
         max_epochs_live: float = 200.0,
         refine_probe_live: bool = False,
         worker_nice: int = 10,
@@ -265,6 +285,14 @@ class PtychoReconstruction(StreamingAnalysis):
         self.config = config or PtychoConfig()
         self.snapshot_interval = float(snapshot_interval)
         self.final_epochs = int(final_epochs)
+        if momentum is not None and not 0.0 <= float(momentum) < 1.0:
+            raise ValueError(f"momentum must lie in [0, 1), got {momentum!r}")
+        self.momentum = None if momentum is None else float(momentum)
+        if final_threads is not None and int(final_threads) < 1:
+            raise ValueError(f"final_threads must be a positive integer, got {final_threads!r}")
+        self.final_threads = None if final_threads is None else int(final_threads)
+        #: torch threads the last final epochs ran with (None before a free-running finalize)
+        self.final_threads_used: int | None = None
         self.max_epochs_live = float(max_epochs_live)
         self.refine_probe_live = bool(refine_probe_live)
         self.geometry: PtychoGeometry | None = None
@@ -302,6 +330,8 @@ class PtychoReconstruction(StreamingAnalysis):
             parameters={
                 "engine": asdict(self.config),
                 "final_epochs": self.final_epochs,
+                "momentum": self._free_running(self.config).momentum,
+                "final_threads": self.final_threads if self.chunk_frames is None else None,
                 "chunk_frames": self.chunk_frames,
                 "chunk_iterations": self.chunk_iterations if self.chunk_frames else None,
             },
@@ -422,7 +452,7 @@ class PtychoReconstruction(StreamingAnalysis):
         engine = self.engines.get(key)
         if engine is None:
             geometry = self.geometry
-            live_config = (
+            live_config = self._free_running(
                 self.config if self.refine_probe_live else replace(self.config, beta_probe=0.0)
             )
             engine = PtychoEngine(geometry.frame_shape, geometry.probe, config=live_config)
@@ -536,10 +566,11 @@ class PtychoReconstruction(StreamingAnalysis):
     def finalize(self) -> None:
         try:
             self._flush_pending()
+            final_config = self._free_running(self.config)
             for engine in self.engines.values():
-                engine.config = self.config  # probe refinement (if any) from here on
+                engine.config = final_config  # probe refinement (if any) from here on
                 if engine.num_frames:
-                    engine.run_epochs(self.final_epochs)
+                    self._run_final_epochs(engine)
             self._emit_snapshots(final=True)
             status = "success" if not self.errors else "fail"
             reason = "; ".join(self.errors[-3:])
@@ -549,6 +580,38 @@ class PtychoReconstruction(StreamingAnalysis):
         except Exception as exc:  # noqa: BLE001
             self.report_error(f"{self.processor}: finalize: {exc!r}")
             self.analysis.close(exit_status="fail", reason=repr(exc))
+
+    def _run_final_epochs(self, engine: PtychoEngine) -> None:
+        """The final epochs, with ``final_threads`` torch threads if that is faster."""
+        import torch
+
+        before = torch.get_num_threads()
+        threads, epochs = self.final_threads, self.final_epochs
+        if self.chunk_frames is not None or threads is None or threads == before or epochs < 3:
+            engine.run_epochs(epochs)
+            self.final_threads_used = before
+            return
+        try:
+            t0 = time.perf_counter()
+            engine.run_epochs(1)
+            one = time.perf_counter() - t0
+            torch.set_num_threads(threads)
+            t0 = time.perf_counter()
+            engine.run_epochs(1)
+            more = time.perf_counter() - t0
+            if more >= one:
+                torch.set_num_threads(before)
+            self.final_threads_used = torch.get_num_threads()
+            engine.run_epochs(epochs - 2)
+        finally:
+            torch.set_num_threads(before)
+
+    def _free_running(self, config: PtychoConfig) -> PtychoConfig:
+        """``config`` with :attr:`momentum` in the free-running schedule if its own is 0
+        (the chunk schedule keeps the config's)."""
+        if self.chunk_frames is not None or self.momentum is None or config.momentum > 0:
+            return config
+        return replace(config, momentum=self.momentum)
 
     def _emit_snapshots(
         self, *, final: bool, thetas: list[float] | None = None, through: int | None = None

@@ -53,3 +53,13 @@ def test_recon_streaming_smoke(tmp_path):
         assert r["target_phase_rmse"] == pytest.approx(1.1 * r["batch_phase_rmse"]), case
         if r["caught_up_s_after_stop"] is not None:
             assert 0 <= r["caught_up_s_after_stop"] <= r["final_seconds_after_stop"] + 1e-9
+            assert r["caught_up_epochs_after_stop"] >= 0, case
+        # the batch's error after every epoch; its last is the batch error
+        epochs = record["params"]["batch_epochs"]
+        assert [b["epoch"] for b in r["batch_curve"]] == list(range(1, epochs + 1)), case
+        assert r["batch_curve"][-1]["phase_rmse"] == r["batch_phase_rmse"], case
+        assert len(r["batch_with_live_momentum_curve"]) == epochs, case
+        to_target = r["batch_epochs_to_target"]
+        assert to_target is None or 1 <= to_target <= epochs, case
+        # the callback's defaults: momentum in the free-running schedule, final threads
+        assert r["live_momentum"] == 0.5 and r["final_threads_used"] in (1, 2), case

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
+import torch
 from event_model import compose_run
 
 from synaps_agent.callbacks.analysis import DocumentSink, StreamingAnalysis
@@ -374,3 +377,79 @@ def _priority_or_none(thread):
         return os.getpriority(os.PRIO_PROCESS, thread.native_id)
     except OSError:
         return None
+
+
+def test_final_epochs_with_momentum_converge_faster(RE, ptycho_beamline):
+    """The free-running schedule's final epochs use ``momentum`` (default 0.5): on
+    the same frames (the workers are held during the scan, so each engine gets all of
+    them in one batch and none iterates live), 20 final epochs end closer to the phantom
+    than without momentum (the config's 0). The chunk schedule, and a config with its
+    own momentum, keep the config's."""
+    bl = ptycho_beamline
+    common = {"config": PtychoConfig(batch_size=32, seed=4), "snapshot_interval": 0,
+              "final_epochs": 20}  # fmt: skip
+    with_momentum = PtychoReconstruction(**common)
+    without = PtychoReconstruction(**common, momentum=None)
+    chunked = PtychoReconstruction(**common, chunk_frames=64, chunk_iterations=1)
+    own = PtychoReconstruction(
+        **{**common, "config": PtychoConfig(batch_size=32, seed=4, momentum=0.3)}
+    )
+    recons = (with_momentum, without, chunked, own)
+    for recon in recons:
+        RE.subscribe(recon)
+        recon._busy.acquire()  # holds the worker until the scan is over
+    try:
+        RE(
+            raster_ptycho_scan(
+                [bl.ptycho_det], bl.stage.x, bl.stage.y, -0.45, 0.45, -0.45, 0.45, 0.06,
+                shutter=bl.shutter,
+            )
+        )
+    finally:
+        for recon in recons:
+            recon._busy.release()
+    for recon in recons:
+        assert recon.wait(120) and recon.errors == []
+    engines = [recon.engines[0.0] for recon in recons]
+    assert [e.config.momentum for e in engines] == [0.5, 0.0, 0.0, 0.3]
+    # final epochs with 1 or 2 torch threads (whichever was faster), the chunk schedule's
+    # with the process's 1; the process's setting restored
+    assert torch.get_num_threads() == 1
+    assert with_momentum.final_threads_used in (1, 2) and chunked.final_threads_used == 1
+    # the final epochs were all the iterations of the free-running ones
+    assert engines[0].num_iterations == engines[1].num_iterations == 20 * math.ceil(256 / 32)
+    fast = phase_error(with_momentum.snapshot(), bl.phantom)
+    slow = phase_error(without.snapshot(), bl.phantom)
+    assert fast < 0.85 * slow, (fast, slow)
+    with pytest.raises(ValueError, match="momentum"):
+        PtychoReconstruction(momentum=1.0)
+
+
+class _TimedEngine:
+    """Stands in for an engine in the final epochs: an epoch takes ``seconds[threads]``."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+        self.threads = []
+
+    def run_epochs(self, n):
+        for _ in range(n):
+            self.threads.append(torch.get_num_threads())
+            time.sleep(self.seconds[torch.get_num_threads()])
+
+
+@pytest.mark.parametrize("faster", [1, 2])
+def test_final_epochs_keep_the_faster_thread_count(faster):
+    """Epoch 1 with the process's thread, epoch 2 with ``final_threads``, the rest with
+    whichever was faster; the process's setting is restored after."""
+    assert torch.get_num_threads() == 1
+    recon = PtychoReconstruction(final_epochs=5, final_threads=2)
+    engine = _TimedEngine({1: 0.05 if faster == 1 else 0.2, 2: 0.2 if faster == 1 else 0.05})
+    recon._run_final_epochs(engine)
+    assert engine.threads == [1, 2, faster, faster, faster]
+    assert recon.final_threads_used == faster and torch.get_num_threads() == 1
+    unchanged = _TimedEngine({1: 0.0})
+    PtychoReconstruction(final_epochs=5, final_threads=None)._run_final_epochs(unchanged)
+    assert unchanged.threads == [1] * 5
+    with pytest.raises(ValueError, match="final_threads"):
+        PtychoReconstruction(final_threads=0)

@@ -370,3 +370,56 @@ def test_momentum_speeds_up_a_sparse_object():
     assert errors[0.5] < 0.06 and errors[0.5] < 0.7 * errors[0.0], errors
     with pytest.raises(ValueError, match="momentum"):
         PtychoConfig(momentum=1.0)
+
+
+def test_snapshot_sums_the_coverage_map_without_the_lock(data):
+    """A snapshot holds the engine's lock only to copy the state: while it sums the
+    coverage map (a pass over every frame) another thread can take the lock (iterate),
+    and the map is the one of the copied probe and positions, equal to a direct sum."""
+    obj, probe, pos, frames = data
+    engine = PtychoEngine(N, probe, config=PtychoConfig(batch_size=16, seed=0))
+    engine.add_frames(frames[:200], pos[:200])
+    engine.iterate(3)
+    expected_probe = engine.probe.clone()
+    summed = _direct_coverage(engine, expected_probe, engine.positions)
+    free_while_summing = []
+    original = engine._illumination_of
+
+    def try_lock():
+        got = engine._lock.acquire(timeout=5)
+        free_while_summing.append(got)
+        if got:
+            engine._lock.release()
+
+    def summing(*args):
+        other = threading.Thread(target=try_lock)
+        other.start()
+        other.join(10)
+        return original(*args)
+
+    engine._illumination_of = summing
+    snap = engine.snapshot()
+    assert free_while_summing == [True]
+    np.testing.assert_allclose(snap.illumination, summed, rtol=1e-4, atol=1e-6 * summed.max())
+    np.testing.assert_array_equal(snap.probe, expected_probe.numpy())
+    assert snap.num_frames == 200 and snap.num_iterations == 3
+    light = engine.snapshot(coverage=False)  # the copies only
+    assert light.illumination.size == 0 and free_while_summing == [True]
+    np.testing.assert_array_equal(light.object, snap.object)
+
+
+def _direct_coverage(engine, probe, positions):
+    """sum over frames of |probe shifted to the frame's position|^2 on the engine's grid."""
+    out = np.zeros(engine.object.shape, np.float32)
+    ny, nx = engine.frame_shape
+    probe_f = torch.fft.fft2(probe)
+    for p in positions:
+        centre = np.floor(p + 0.5)
+        r, c = (centre - [ny // 2, nx // 2] - engine.origin).astype(int)
+        ramp = torch.as_tensor(
+            np.exp(-2j * np.pi * ((p - centre)[0] * np.fft.fftfreq(ny)[:, None]
+                                  + (p - centre)[1] * np.fft.fftfreq(nx)[None, :]))
+        ).to(probe.dtype)  # fmt: skip
+        shifted = torch.fft.ifft2(probe_f * ramp)
+        out[r : r + ny, c : c + nx] += (shifted.abs() ** 2).numpy()
+    return out

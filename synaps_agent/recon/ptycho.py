@@ -196,7 +196,7 @@ class PtychoSnapshot:
         Probe, centred at ``(ny // 2, nx // 2)``.
     illumination : ndarray of float32, shape (Ny, Nx)
         Sum over all received frames of ``|P_shifted|**2`` at each object pixel
-        (the coverage map).
+        (the coverage map); empty (shape (0,)) from ``snapshot(coverage=False)``.
     origin : ndarray of int64, shape (2,)
         Caller pixel coordinate ``(row, col)`` of object index ``(0, 0)``.
     positions : ndarray of float64, shape (k, 2)
@@ -279,7 +279,10 @@ class PtychoEngine:
     -----
     A re-entrant lock serialises :meth:`add_frames`, every mini-batch update and
     :meth:`snapshot`, so frames may be added from one thread while another thread
-    iterates; new frames join the mini-batch queue immediately.
+    iterates; new frames join the mini-batch queue immediately. :meth:`snapshot` and
+    :meth:`illumination` hold it only to copy the state (the coverage map, a pass over
+    every frame, is summed from the copies after the lock is released), so a snapshot
+    taken from another thread hardly delays the iterations.
     """
 
     def __init__(
@@ -543,11 +546,17 @@ class PtychoEngine:
     def _batch_geometry(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Flat object indices (k, ny, nx), residuals (k, 2) and shift ramps (k, ny, nx)."""
         assert self.object is not None
-        pos = self._pos[idx]
+        return self._window_geometry(self._pos[idx], self._origin, tuple(self.object.shape))
+
+    def _window_geometry(
+        self, pos: torch.Tensor, origin_px: np.ndarray, object_shape: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_batch_geometry` of positions ``pos`` (k, 2) on a grid of
+        ``object_shape`` whose index (0, 0) is the caller's pixel ``origin_px``."""
         corner, resid = self._window_corners(pos)
-        origin = torch.as_tensor(self._origin, dtype=torch.int64, device=self.device)
+        origin = torch.as_tensor(origin_px, dtype=torch.int64, device=self.device)
         local = corner - origin
-        big_y, big_x = self.object.shape
+        big_y, big_x = object_shape
         # positions moved by position correction may leave the grid: clamp
         ny, nx = self.frame_shape
         local[:, 0].clamp_(0, big_y - ny)
@@ -831,19 +840,44 @@ class PtychoEngine:
     @torch.no_grad()
     def illumination(self) -> torch.Tensor:
         """Coverage map: sum over received frames of ``|P_shifted|**2`` (object grid)."""
-        with self._lock:
+        with self._lock:  # only to copy the state: the sum runs without the lock
             assert self.object is not None
-            out = torch.zeros(self.object.numel(), dtype=self.rdtype, device=self.device)
-            if self._n == 0:
-                return out.view(self.object.shape)
-            probe_f = torch.fft.fft2(self.probe)
-            chunk = 256
-            for s in range(0, self._n, chunk):
-                idx = torch.arange(s, min(s + chunk, self._n), device=self.device)
-                flat, _, ramp = self._batch_geometry(idx)
-                p2 = (self._shifted_probes(probe_f, ramp).abs() ** 2).to(self.rdtype)
-                out.index_add_(0, flat.reshape(-1), p2.reshape(-1))
-            return out.view(self.object.shape)
+            state = self._coverage_state()
+        return self._illumination_of(*state)
+
+    def _coverage_state(self) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, tuple[int, int]]:
+        """Copies of what the coverage map depends on (caller holds the lock)."""
+        assert self.object is not None
+        return (
+            self.probe.clone(),
+            self._pos[: self._n].clone(),
+            self._origin.copy(),
+            (int(self.object.shape[0]), int(self.object.shape[1])),
+        )
+
+    @torch.no_grad()
+    def _illumination_of(
+        self,
+        probe: torch.Tensor,
+        pos: torch.Tensor,
+        origin: np.ndarray,
+        object_shape: tuple[int, int],
+    ) -> torch.Tensor:
+        """The coverage map of ``probe`` at ``pos`` on a grid of ``object_shape`` whose
+        index (0, 0) is the caller's pixel ``origin`` (no lock: the arguments are copies)."""
+        out = torch.zeros(
+            object_shape[0] * object_shape[1], dtype=self.rdtype, device=self.device
+        )
+        n = int(pos.shape[0])
+        if n == 0:
+            return out.view(object_shape)
+        probe_f = torch.fft.fft2(probe)
+        chunk = 256
+        for s in range(0, n, chunk):
+            flat, _, ramp = self._window_geometry(pos[s : s + chunk], origin, object_shape)
+            p2 = (self._shifted_probes(probe_f, ramp).abs() ** 2).to(self.rdtype)
+            out.index_add_(0, flat.reshape(-1), p2.reshape(-1))
+        return out.view(object_shape)
 
     @torch.no_grad()
     def predict(self, positions_px: Any) -> np.ndarray:
@@ -885,8 +919,15 @@ class PtychoEngine:
             spec = torch.fft.fftshift(torch.fft.fft2(psi, norm="ortho"), dim=(-2, -1))
             return (spec.abs() ** 2).to(torch.float32).cpu().numpy()
 
-    def snapshot(self) -> PtychoSnapshot:
+    def snapshot(self, coverage: bool = True) -> PtychoSnapshot:
         """A consistent copy of the current state as numpy arrays.
+
+        Parameters
+        ----------
+        coverage : bool
+            Sum the coverage map (``illumination``; a pass over every frame). False:
+            ``illumination`` is an empty array, and the snapshot costs only the copies
+            (e.g. to follow the object's convergence at a fine interval).
 
         Returns
         -------
@@ -897,21 +938,24 @@ class PtychoEngine:
         RuntimeError
             If no object grid exists yet (no frames and no ``object_shape``).
         """
-        with self._lock:
+        with self._lock:  # copies only; the coverage map is summed after the lock is free
             if self.object is None:
                 raise RuntimeError("no object grid yet: add frames or pass object_shape")
-            illum = self.illumination()
-            return PtychoSnapshot(
+            state = self._coverage_state()
+            snap = PtychoSnapshot(
                 object=self.object.detach().cpu().numpy().astype(np.complex64, copy=True),
-                probe=self.probe.detach().cpu().numpy().astype(np.complex64, copy=True),
-                illumination=illum.cpu().numpy().astype(np.float32, copy=True),
-                origin=self._origin.copy(),
-                positions=self._pos[: self._n].cpu().numpy().copy(),
+                probe=state[0].detach().cpu().numpy().astype(np.complex64, copy=True),
+                illumination=np.empty(0, dtype=np.float32),
+                origin=state[2].copy(),
+                positions=state[1].cpu().numpy().copy(),
                 ids=list(self._ids),
                 error=float(self.error),
                 num_frames=int(self._n),
                 num_iterations=int(self.num_iterations),
             )
+        if coverage:
+            snap.illumination = self._illumination_of(*state).cpu().numpy().astype(np.float32)
+        return snap
 
 
 def reconstruct(
