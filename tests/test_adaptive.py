@@ -71,6 +71,10 @@ def test_adaptive_scan_closes_the_loop(RE, catalog, documents, ptycho_beamline, 
         seg.uncertainty_for_agent,
         footprint_radius=0.1,
         sink=DocumentSink(catalog.writer("processed")),
+        # each decision waits (the plan's map_timeout) for the map of every exposure so
+        # far: on a loaded machine the maps lag, and without the wait a short scan could
+        # end before any gain was learned
+        map_frames=seg.frames_in_map,
     )
     RE.subscribe(recon)
     seeds = raster_positions(-0.5, 0.5, -0.5, 0.5, 0.25)
