@@ -278,6 +278,34 @@ def baseline_rate(case: str, p: dict[str, Any], frames_dir: Path) -> dict[str, f
     return {"frames": recorder.events, "arrival_fps": (recorder.events - 1) / seconds}
 
 
+def batch_error_curve(
+    frames: np.ndarray,
+    positions: np.ndarray,
+    probe: np.ndarray,
+    config: PtychoConfig,
+    epochs: int,
+    truth: np.ndarray,
+) -> tuple[Any, list[dict[str, float]], float, float]:
+    """What :func:`~synaps_agent.recon.ptycho.reconstruct` does, one epoch at a time.
+
+    Returns
+    -------
+    (final snapshot, ``[{"epoch", "phase_rmse"}]`` after every epoch, wall seconds and
+    CPU seconds of the epochs alone)
+    """
+    engine = PtychoEngine(frames.shape[1:], probe, config=config)
+    engine.add_frames(frames, positions)
+    seconds, cpu_seconds, curve = 0.0, 0.0, []
+    for epoch in range(1, epochs + 1):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        engine.run_epochs(1)
+        seconds += time.perf_counter() - t0
+        cpu_seconds += time.thread_time() - c0
+        snap = engine.snapshot()
+        curve.append({"epoch": epoch, "phase_rmse": phase_error(snap, truth)["phase_rmse"]})
+    return snap, curve, seconds, cpu_seconds
+
+
 def live_run(case: str, p: dict[str, Any], frames_dir: Path) -> dict[str, Any]:
     """The paced scan with the live reconstruction; monitor, then the batch reference."""
     from bluesky import RunEngine
@@ -322,27 +350,15 @@ def live_run(case: str, p: dict[str, Any], frames_dir: Path) -> dict[str, Any]:
     # batch reference: the same engine settings, frames and positions from arrays (what
     # reconstruct() does, one epoch at a time to record its error vs epochs)
     frames, positions = recorder.frames_and_positions(recon.geometry)
-    batch_engine = PtychoEngine(frames.shape[1:], recon.geometry.probe, config=config)
-    batch_engine.add_frames(frames, positions)
-    batch_seconds, batch_cpu_seconds, batch_curve = 0.0, 0.0, []
-    for epoch in range(1, p["batch_epochs"] + 1):
-        t0, c0 = time.perf_counter(), time.thread_time()
-        batch_engine.run_epochs(1)
-        batch_seconds += time.perf_counter() - t0
-        batch_cpu_seconds += time.thread_time() - c0
-        batch = batch_engine.snapshot()
-        batch_curve.append({"epoch": epoch, "phase_rmse": phase_error(batch, truth)["phase_rmse"]})
+    batch, batch_curve, batch_seconds, batch_cpu_seconds = batch_error_curve(
+        frames, positions, recon.geometry.probe, config, p["batch_epochs"], truth
+    )
     batch_error = batch_curve[-1]["phase_rmse"]
     # for reference: the batch with the momentum the live free-running schedule uses
-    momentum_engine = PtychoEngine(
-        frames.shape[1:], recon.geometry.probe, config=recon._free_running(config)
+    live_config = recon.free_running_config(config)
+    _, momentum_curve, _, _ = batch_error_curve(
+        frames, positions, recon.geometry.probe, live_config, p["batch_epochs"], truth
     )
-    momentum_engine.add_frames(frames, positions)
-    momentum_curve = []
-    for epoch in range(1, p["batch_epochs"] + 1):
-        momentum_engine.run_epochs(1)
-        error = phase_error(momentum_engine.snapshot(), truth)["phase_rmse"]
-        momentum_curve.append({"epoch": epoch, "phase_rmse": error})
     # what no reconstruction at all scores (a flat object over the same lit pixels)
     flat_error = phase_error(replace(batch, object=np.ones_like(batch.object)), truth)
 
@@ -433,10 +449,10 @@ def live_run(case: str, p: dict[str, Any], frames_dir: Path) -> dict[str, Any]:
             (b["epoch"] for b in batch_curve if b["phase_rmse"] <= target), None
         ),
         "batch_curve": batch_curve,
-        "batch_momentum": momentum_engine.config.momentum,
+        "batch_momentum": live_config.momentum,  # of the "batch with live momentum"
         "batch_with_live_momentum_phase_rmse": momentum_curve[-1]["phase_rmse"],
         "batch_with_live_momentum_curve": momentum_curve,
-        "live_momentum": recon._free_running(config).momentum,
+        "live_momentum": live_config.momentum,
         "final_threads_used": recon.final_threads_used,
         "warnings": len(recon.warnings),
         "skipped": len(recon.skipped),

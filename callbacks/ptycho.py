@@ -330,7 +330,7 @@ class PtychoReconstruction(StreamingAnalysis):
             parameters={
                 "engine": asdict(self.config),
                 "final_epochs": self.final_epochs,
-                "momentum": self._free_running(self.config).momentum,
+                "momentum": self.free_running_config(self.config).momentum,
                 "final_threads": self.final_threads if self.chunk_frames is None else None,
                 "chunk_frames": self.chunk_frames,
                 "chunk_iterations": self.chunk_iterations if self.chunk_frames else None,
@@ -452,7 +452,7 @@ class PtychoReconstruction(StreamingAnalysis):
         engine = self.engines.get(key)
         if engine is None:
             geometry = self.geometry
-            live_config = self._free_running(
+            live_config = self.free_running_config(
                 self.config if self.refine_probe_live else replace(self.config, beta_probe=0.0)
             )
             engine = PtychoEngine(geometry.frame_shape, geometry.probe, config=live_config)
@@ -566,7 +566,7 @@ class PtychoReconstruction(StreamingAnalysis):
     def finalize(self) -> None:
         try:
             self._flush_pending()
-            final_config = self._free_running(self.config)
+            final_config = self.free_running_config(self.config)
             for engine in self.engines.values():
                 engine.config = final_config  # probe refinement (if any) from here on
                 if engine.num_frames:
@@ -606,7 +606,7 @@ class PtychoReconstruction(StreamingAnalysis):
         finally:
             torch.set_num_threads(before)
 
-    def _free_running(self, config: PtychoConfig) -> PtychoConfig:
+    def free_running_config(self, config: PtychoConfig) -> PtychoConfig:
         """``config`` with :attr:`momentum` in the free-running schedule if its own is 0
         (the chunk schedule keeps the config's)."""
         if self.chunk_frames is not None or self.momentum is None or config.momentum > 0:
