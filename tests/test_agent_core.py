@@ -285,3 +285,13 @@ def test_a_batch_spreads_over_fresh_ground():
     d = np.linalg.norm(picks[:, None] - picks[None], axis=-1) + np.eye(8) * 1e9
     assert d.min() >= 2 * radius - 1.0
     assert summary["coverage_value"] == 1.0 and summary["uncovered_max"] == 1.0
+
+
+def test_agent_refuses_bad_settings():
+    with pytest.raises(ValueError, match="coverage_weight"):
+        ptycho_agent(coverage_weight=-1.0)
+    with pytest.raises(ValueError, match="coverage_weight"):
+        ptycho_agent(coverage_weight=float("nan"))
+    with pytest.raises(ValueError, match="acquisition"):
+        ptycho_agent(acquisition="greedy")
+    assert ptycho_agent(coverage_weight=0.0).config.coverage_weight == 0.0
