@@ -29,6 +29,11 @@ __all__ = ["PtychoGeometry", "PtychoReconstruction", "place_in_frame"]
 #: What an event says about its frame: stage ``(x, y, theta, i0)`` (i0 None if not read).
 Position = tuple[float, float, float, float | None]
 
+#: held while final epochs run with their own torch thread count (process-wide): two
+#: reconstructions finishing together would otherwise restore each other's setting out
+#: of order
+_THREAD_COUNT_LOCK = threading.Lock()
+
 UNIT_TO_METRES = {"m": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "nm": 1e-9}
 
 
@@ -181,7 +186,8 @@ class PtychoReconstruction(StreamingAnalysis):
         (on an idle 2-core machine 2 threads make an epoch 1.6x faster; on a loaded one
         a thread waiting for a busy core made it 4-5x slower). ``torch.set_num_threads``
         is process-wide: other torch work in the process gets them too meanwhile; it is
-        restored after. None: unchanged. The chunk schedule keeps the process's threads.
+        restored after, and reconstructions that switch it take turns. None: unchanged.
+        The chunk schedule keeps the process's threads.
     max_epochs_live : float
         Background iterations stop after this many epochs over the frames received, so
         an idle reconstruction does not spin (more frames resume it).
@@ -585,26 +591,31 @@ class PtychoReconstruction(StreamingAnalysis):
         """The final epochs, with ``final_threads`` torch threads if that is faster."""
         import torch
 
-        before = torch.get_num_threads()
         threads, epochs = self.final_threads, self.final_epochs
-        if self.chunk_frames is not None or threads is None or threads == before or epochs < 3:
+        if self.chunk_frames is not None or threads is None or epochs < 3:
             engine.run_epochs(epochs)
-            self.final_threads_used = before
-            return
-        try:
-            t0 = time.perf_counter()
-            engine.run_epochs(1)
-            one = time.perf_counter() - t0
-            torch.set_num_threads(threads)
-            t0 = time.perf_counter()
-            engine.run_epochs(1)
-            more = time.perf_counter() - t0
-            if more >= one:
-                torch.set_num_threads(before)
             self.final_threads_used = torch.get_num_threads()
-            engine.run_epochs(epochs - 2)
-        finally:
-            torch.set_num_threads(before)
+            return
+        with _THREAD_COUNT_LOCK:  # the count is read and restored by one at a time
+            before = torch.get_num_threads()
+            if threads == before:
+                engine.run_epochs(epochs)
+                self.final_threads_used = before
+                return
+            try:
+                t0 = time.perf_counter()
+                engine.run_epochs(1)
+                one = time.perf_counter() - t0
+                torch.set_num_threads(threads)
+                t0 = time.perf_counter()
+                engine.run_epochs(1)
+                more = time.perf_counter() - t0
+                if more >= one:
+                    torch.set_num_threads(before)
+                self.final_threads_used = torch.get_num_threads()
+                engine.run_epochs(epochs - 2)
+            finally:
+                torch.set_num_threads(before)
 
     def free_running_config(self, config: PtychoConfig) -> PtychoConfig:
         """``config`` with :attr:`momentum` in the free-running schedule if its own is 0

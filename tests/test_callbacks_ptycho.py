@@ -453,3 +453,20 @@ def test_final_epochs_keep_the_faster_thread_count(faster):
     assert unchanged.threads == [1] * 5
     with pytest.raises(ValueError, match="final_threads"):
         PtychoReconstruction(final_threads=0)
+
+
+def test_final_epochs_take_turns_with_the_thread_count():
+    """Two reconstructions finishing together: the second waits for the first to restore
+    the process's thread count, then makes its own choice from it (without the turn it
+    would read the first's 2 threads as the process's and keep them)."""
+    first = PtychoReconstruction(final_epochs=4, final_threads=2)
+    second = PtychoReconstruction(final_epochs=4, final_threads=2)
+    engines = [_TimedEngine({1: 0.05, 2: 0.1}), _TimedEngine({1: 0.05, 2: 0.1})]
+    worker = threading.Thread(target=first._run_final_epochs, args=(engines[0],))
+    worker.start()
+    time.sleep(0.08)  # the first is in its second epoch, on 2 threads
+    second._run_final_epochs(engines[1])
+    worker.join(10)
+    assert engines[0].threads == [1, 2, 1, 1] and engines[1].threads == [1, 2, 1, 1]
+    assert first.final_threads_used == second.final_threads_used == 1
+    assert torch.get_num_threads() == 1
