@@ -20,9 +20,10 @@ Headline: the fraction of raster's exposures a strategy needs to reach raster's 
 within 0.02 (``None``: not reached within its budget).
 
 Seed check (``--check-seeds``): on further phantoms of each case (other seeds, also
-outside development) only random and the agent scan, fairly scored the same way; the
-table gives the agent's fair IoU minus random's at each common budget past the seed
-lattice, seed by seed, so one phantom's luck does not decide the comparison.
+outside development) random, greedy and the agent scan (no raster), fairly scored the
+same way; the tables give the agent's fair IoU minus each baseline's at each common
+budget past the seed lattice, seed by seed, and over all of them (mean, smallest, how
+many ahead), so one phantom's luck does not decide the comparison.
 
     python -m benchmarks.autonomy [--smoke] [--out DIR] [--cases P-sparse P-dense]
                                   [--check-seeds 412 413 414]
@@ -42,7 +43,9 @@ from benchmarks._common import base_parser, print_table, results_dir, write_resu
 NAME = "autonomy"
 SEEDS = {"P-sparse": 410, "P-dense": 411}  # outside the development seeds 0-9
 STRATEGIES = ("raster", "random", "greedy", "agent")
+BASELINES = ("random", "greedy")
 TOLERANCE = 0.02
+LEVEL = 0.005  # margins this small count as level in the seed check's summary
 
 
 def _params(smoke: bool) -> dict[str, Any]:
@@ -51,6 +54,29 @@ def _params(smoke: bool) -> dict[str, Any]:
                 "scoring_epochs": 20, "batch_size": 8, "cases": ["P-sparse"]}  # fmt: skip
     return {"smoke": False, "size": 96, "budget_fraction": 0.5, "final_epochs": 30,
             "scoring_epochs": 300, "batch_size": 8, "cases": ["P-sparse", "P-dense"]}  # fmt: skip
+
+
+def summarize_seed_check(checks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Over every check phantom and budget: the agent's margins against each baseline.
+
+    Returns, per baseline, the number of (phantom, budget) cells, how many the agent is
+    ahead in (margin > ``LEVEL``), level in (``|margin| <= LEVEL``) and behind in, and the
+    mean and smallest margin.
+    """
+    summary = {}
+    for name in BASELINES:
+        margins = np.array([d for c in checks for _, d in c[f"agent_minus_{name}"]], float)
+        if margins.size == 0:
+            continue
+        summary[name] = {
+            "cells": int(margins.size),
+            "ahead": int(np.sum(margins > LEVEL)),
+            "level": int(np.sum(np.abs(margins) <= LEVEL)),
+            "behind": int(np.sum(margins < -LEVEL)),
+            "mean": float(np.mean(margins)),
+            "min": float(np.min(margins)),
+        }
+    return summary
 
 
 def iou_at(curve: list[tuple[float, float]], budget: float) -> float | None:
@@ -223,21 +249,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 figures["cases"][case] = summarize_case(case, outcomes)
             for case in p["cases"]:
                 for seed in args.check_seeds:
-                    pair = run_strategies(
-                        catalog, ("random", "agent"), case=case, size=p["size"], seed=seed,
+                    runs = run_strategies(
+                        catalog, (*BASELINES, "agent"), case=case, size=p["size"], seed=seed,
                         budget_fraction=p["budget_fraction"], segmenter=segmenter,
                         final_epochs=p["final_epochs"], batch_size=p["batch_size"],
                         scoring=OfflineScoring(epochs=p["scoring_epochs"]), log=log,
                     )  # fmt: skip
-                    figures.setdefault("seed_check", []).append({
-                        "case": case,
-                        "seed": seed,
-                        "random": pair["random"].fair_curve,
-                        "agent": pair["agent"].fair_curve,
-                        "simulated_seconds": {k: v.simulated_seconds for k, v in pair.items()},
-                        "agent_minus_random": margins_against(
-                            pair["agent"].fair_curve, pair["random"].fair_curve),
-                    })  # fmt: skip
+                    check = {"case": case, "seed": seed}
+                    check.update({name: run.fair_curve for name, run in runs.items()})
+                    check["simulated_seconds"] = {
+                        name: run.simulated_seconds for name, run in runs.items()
+                    }
+                    for name in BASELINES:
+                        check[f"agent_minus_{name}"] = margins_against(
+                            runs["agent"].fair_curve, runs[name].fair_curve
+                        )
+                    figures.setdefault("seed_check", []).append(check)
+            if figures.get("seed_check"):
+                figures["seed_check_summary"] = summarize_seed_check(figures["seed_check"])
     figures["wall_seconds"] = time.perf_counter() - t_start
     png = plot(figures, results_dir(args.out) / f"{NAME}.png")
     figures["figure"] = png.name
@@ -267,12 +296,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     if figures.get("seed_check"):
         print_table(
-            "Seed check: agent fair IoU minus random's at each budget past the seed lattice",
+            "Seed check: agent fair IoU minus each baseline's at each budget past the seed "
+            "lattice",
             [[c["case"], c["seed"],
-              ", ".join(f"{b}: {d:+.3f}" for b, d in c["agent_minus_random"]),
+              *(", ".join(f"{b}: {d:+.3f}" for b, d in c[f"agent_minus_{name}"])
+                for name in BASELINES),
               c["simulated_seconds"]["agent"] / c["simulated_seconds"]["random"]]
              for c in figures["seed_check"]],
-            ["case", "seed", "exposures: margin", "agent / random beam time"],
+            ["case", "seed", *(f"vs {name}" for name in BASELINES),
+             "agent / random beam time"],
+        )  # fmt: skip
+        print_table(
+            "Seed check over all seeds and budgets",
+            [[name, m["cells"], m["ahead"], m["level"], m["behind"], m["mean"], m["min"]]
+             for name, m in figures["seed_check_summary"].items()],
+            ["baseline", "cells", "ahead", f"level (within {LEVEL})", "behind", "mean margin",
+             "smallest margin"],
         )  # fmt: skip
     notes = [
         "Fair IoU: the first N stored frames of each run reconstructed offline with a fixed "

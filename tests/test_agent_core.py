@@ -266,6 +266,30 @@ def test_footprint_coverage_is_the_unseen_part_of_a_footprint():
         FootprintCoverage(space, 0.0, np.zeros((0, 2)))
 
 
+def test_footprint_coverage_with_depth_counts_how_often_a_footprint_was_seen():
+    from synaps_agent.agent.candidates import FootprintCoverage
+
+    space = ptycho_space()
+    centre, far, beside = [32.0, 32.0], [10.0, 10.0], [36.0, 32.0]
+    cov = FootprintCoverage(space, 4.0, np.array([centre]), depth=2)
+    once = cov.uncovered(np.array([centre, far, beside]))
+    # seen once: half of it is still to be seen; the neighbour's shared 39 % counts half
+    assert once[0] == pytest.approx(0.5) and once[1] == 1.0
+    assert once[2] == pytest.approx(0.61 + 0.39 / 2, abs=0.03)
+    cov.cover(np.array([centre]))
+    assert cov.uncovered(np.array([centre]))[0] == 0.0
+    assert cov.covered.sum() == FootprintCoverage(space, 4.0, np.array([centre])).covered.sum()
+    # the same measured points counted at construction and by cover()
+    built = FootprintCoverage(space, 4.0, np.array([centre, centre, beside]), depth=3)
+    counted = FootprintCoverage(space, 4.0, np.zeros((0, 2)), depth=3)
+    counted.cover(np.array([centre, centre, beside]))
+    np.testing.assert_array_equal(built.counts, counted.counts)
+    assert built.counts.max() == 3
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="depth"):
+            FootprintCoverage(space, 4.0, np.zeros((0, 2)), depth=bad)
+
+
 def test_a_batch_spreads_over_fresh_ground():
     """On a flat posterior, the coverage term makes the points of one batch see disjoint
     parts of the region (each pick's footprint counts as seen for the next)."""
@@ -292,6 +316,9 @@ def test_agent_refuses_bad_settings():
         ptycho_agent(coverage_weight=-1.0)
     with pytest.raises(ValueError, match="coverage_weight"):
         ptycho_agent(coverage_weight=float("nan"))
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="coverage_depth"):
+            ptycho_agent(coverage_depth=bad)
     with pytest.raises(ValueError, match="acquisition"):
         ptycho_agent(acquisition="greedy")
     assert ptycho_agent(coverage_weight=0.0).config.coverage_weight == 0.0

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,15 +60,24 @@ def test_autonomy_smoke(tmp_path):
             assert s["exposures"] == max(20, raster["exposures"] // 2)
         seconds = [t for t, _ in s["iou_vs_seconds"]]
         assert 0 < seconds[-1] <= s["simulated_seconds"] + 1e-9
-    # the seed check: random and the agent on a further phantom, margins from their curves
+    # the seed check: the baselines and the agent on a further phantom, margins from
+    # their curves, and a summary over the cells that counts each of them once
     (check,) = record["figures"]["seed_check"]
     assert check["seed"] == record["seeds"]["check_0"] == 431 and check["case"] == case
-    assert check["agent"][0] == check["random"][0]  # the same seed lattice, the same score
-    agent_curve, random_curve = dict(check["agent"]), dict(check["random"])
-    assert check["agent_minus_random"]
-    for budget, margin in check["agent_minus_random"]:
-        assert budget > check["agent"][0][0]
-        assert margin == pytest.approx(agent_curve[budget] - random_curve[budget])
+    agent_curve = dict(check["agent"])
+    summary = record["figures"]["seed_check_summary"]
+    for name in ("random", "greedy"):
+        assert check["agent"][0] == check[name][0]  # the same seed lattice, the same score
+        baseline_curve = dict(check[name])
+        margins = check[f"agent_minus_{name}"]
+        assert margins
+        for budget, margin in margins:
+            assert budget > check["agent"][0][0]
+            assert margin == pytest.approx(agent_curve[budget] - baseline_curve[budget])
+        m = summary[name]
+        assert m["cells"] == len(margins) == m["ahead"] + m["level"] + m["behind"]
+        assert m["min"] == pytest.approx(min(d for _, d in margins))
+        assert m["mean"] == pytest.approx(np.mean([d for _, d in margins]))
 
 
 def test_check_seeds_refuse_development_seeds():

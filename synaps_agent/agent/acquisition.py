@@ -91,12 +91,13 @@ def select_batch(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Greedy sequential batch with kriging-believer fantasies.
 
-    With ``coverage``, a candidate is also worth the fraction of its footprint no
-    measurement has seen yet (:meth:`FootprintCoverage.uncovered`) times
+    With ``coverage``, a candidate is also worth the part of its footprint still to be
+    seen (:meth:`FootprintCoverage.uncovered`: what no measurement has seen, and with a
+    coverage ``depth`` above 1 in part what was seen fewer than ``depth`` times) times
     ``coverage_weight`` times the range of the acquisition over the candidates (1 if it
     is flat), on top of the acquisition: a fresh footprint is worth as much as the
     difference between the best and the worst candidate the surrogate knows of, whatever
-    the scale of its gains. Each pick's footprint counts as covered for the next picks
+    the scale of its gains. Each pick's footprint counts as seen for the next picks
     of the batch, so a batch spreads over fresh ground instead of piling onto one
     uncertain spot.
 

@@ -158,14 +158,15 @@ class CandidateGenerator:
 
 
 class FootprintCoverage:
-    """Which part of the scan region the probe footprints of measured points cover.
+    """How often the probe footprints of measured points have seen each part of the region.
 
     The spatial box of ``space`` is rasterised (cell edge ``radius / 4``, at most 128
-    cells per axis); a cell is covered when its centre lies within ``radius`` of a
-    measured point. :meth:`uncovered` is the fraction of a candidate's footprint (the
-    cells within ``radius`` of it, inside the box) that nothing covers yet: the part of
-    the region a measurement there would see for the first time. :meth:`cover` marks
-    footprints as covered (the points of a batch being chosen).
+    cells per axis); a cell is seen once by every measured point within ``radius`` of its
+    centre. :meth:`uncovered` is the part of a candidate's footprint (the cells within
+    ``radius`` of it, inside the box) still to be seen: a cell seen ``k`` times counts
+    ``max(depth - k, 0) / depth``, so with ``depth`` 1 it is the fraction nothing has
+    seen yet, with ``depth`` 2 a cell seen once is still worth half. :meth:`cover` counts
+    footprints as seen (the points of a batch being chosen).
 
     Parameters
     ----------
@@ -175,28 +176,42 @@ class FootprintCoverage:
         Footprint radius (stage units), e.g. half the probe's FWHM.
     measured : (n, d) array
         Points measured so far (the space's columns).
+    depth : int
+        How many times a cell must be seen before it is worth nothing (>= 1).
     """
 
-    def __init__(self, space: ScanSpace, radius: float, measured: np.ndarray) -> None:
+    def __init__(
+        self, space: ScanSpace, radius: float, measured: np.ndarray, depth: int = 1
+    ) -> None:
         si = space.spatial_index
         if len(si) != 2 or not radius > 0:
             raise ValueError("footprint coverage needs two spatial axes and a positive radius")
+        if int(depth) != depth or depth < 1:
+            raise ValueError(f"footprint coverage depth must be an integer >= 1, got {depth!r}")
         self.si = si
+        self.depth = int(depth)
         self.low, high = space.low[si], space.high[si]
         self.cell = max(radius / 4, float(np.max(high - self.low)) / 128)
         span = np.ceil((high - self.low) / self.cell).astype(int) + 1
         self.shape = (int(span[0]), int(span[1]))
         gx, gy = (self.low[k] + self.cell * np.arange(self.shape[k]) for k in range(2))
         self.centres = np.stack(np.meshgrid(gx, gy, indexing="ij"), axis=-1).reshape(-1, 2)
-        self.covered = np.zeros(self.shape, dtype=bool)
+        self.counts = np.zeros(self.shape, dtype=np.int32)
         pts = np.asarray(measured, dtype=float).reshape(-1, space.ndim)[:, si]
         if len(pts):
-            d, _ = cKDTree(pts).query(self.centres, distance_upper_bound=radius * (1 + 1e-9))
-            self.covered = (d <= radius * (1 + 1e-9)).reshape(self.shape)
+            seen = cKDTree(pts).query_ball_point(
+                self.centres, radius * (1 + 1e-9), return_length=True
+            )
+            self.counts = np.asarray(seen, dtype=np.int32).reshape(self.shape)
         n = int(np.ceil(radius / self.cell))
         ox, oy = np.meshgrid(np.arange(-n, n + 1), np.arange(-n, n + 1), indexing="ij")
         inside = (ox * self.cell) ** 2 + (oy * self.cell) ** 2 <= radius**2 * (1 + 1e-9)
         self._stencil = np.stack([ox[inside], oy[inside]], axis=1)
+
+    @property
+    def covered(self) -> np.ndarray:
+        """Boolean map of the cells seen at least once."""
+        return self.counts > 0
 
     def _cells(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Cell indices of each point's footprint and which of them lie in the box."""
@@ -208,18 +223,19 @@ class FootprintCoverage:
         return np.clip(ix, 0, self.shape[0] - 1), np.clip(iy, 0, self.shape[1] - 1), valid
 
     def uncovered(self, points: np.ndarray) -> np.ndarray:
-        """Fraction (0..1) of each point's footprint in the box not yet covered."""
+        """Part (0..1) of each point's footprint in the box still to be seen."""
         if len(points) == 0:
             return np.zeros(0)
         ix, iy, valid = self._cells(points)
-        fresh = ~self.covered[ix, iy] & valid
-        return fresh.sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
+        missing = np.maximum(self.depth - self.counts[ix, iy], 0) * valid
+        return missing.sum(axis=1) / (self.depth * np.maximum(valid.sum(axis=1), 1))
 
     def cover(self, points: np.ndarray) -> None:
-        """Mark the footprints of ``points`` as covered."""
-        ix, iy, valid = self._cells(np.atleast_2d(points))
-        self.covered[ix[valid], iy[valid]] = True
+        """Count the footprints of ``points`` as seen once more."""
+        for p in np.atleast_2d(points):
+            ix, iy, valid = self._cells(p[None, :])
+            self.counts[ix[valid], iy[valid]] += 1
 
     def covered_centres(self) -> np.ndarray:
-        """Stage coordinates ``(m, 2)`` (spatial columns) of the covered cells."""
+        """Stage coordinates ``(m, 2)`` (spatial columns) of the cells seen at least once."""
         return self.centres[self.covered.ravel()]
