@@ -348,6 +348,7 @@ def run_strategies(
     batch_size: int = 8,
     agent_options: dict | None = None,
     scoring: OfflineScoring | None = OfflineScoring(),
+    score_fractions: Sequence[float] = (0.125, 0.25, 0.375, 0.5, 1.0),
     map_timeout: float = 60.0,
     iterations_per_frame: int = 8,
     log=print,
@@ -372,7 +373,8 @@ def run_strategies(
     Each run is scored twice against ground truth: live (every stored segmentation
     snapshot, :func:`score_run`) and, unless ``scoring`` is None, fairly
     (:func:`offline_iou_curve` with ``scoring``) at the budgets of the seed lattice,
-    25 %, 50 % and 100 % of raster's exposures and the adaptive budget. ``progress``
+    ``score_fractions`` of raster's exposures (by default every eighth up to a half, and
+    all) and the adaptive budget. ``progress``
     draws a bar over each scan's exposures (:class:`~synaps_agent.callbacks.progress.ScanProgress`).
 
     Returns
@@ -384,6 +386,8 @@ def run_strategies(
     unknown = [s for s in strategies if s not in STRATEGY_NAMES]
     if unknown or not strategies:
         raise ValueError(f"strategies must be among {STRATEGY_NAMES}, got {list(strategies)}")
+    if not all(0 < f <= 1 for f in score_fractions):
+        raise ValueError(f"score_fractions must lie in (0, 1], got {list(score_fractions)}")
     phantom = make_phantom(case, seed, size=size)
     bl = make_sim_beamline(
         phantom,
@@ -409,7 +413,7 @@ def run_strategies(
     raster = raster_positions(-half, half, -half, half, step, jitter=0.2, seed=seed)
     budget = max(20, int(budget_fraction * len(raster)))
     seeds = raster_positions(-half, half, -half, half, 4 * step, seed=seed)
-    fair_budgets = (len(seeds), len(raster) // 4, len(raster) // 2, budget, len(raster))
+    fair_budgets = (len(seeds), budget, *(max(1, int(f * len(raster))) for f in score_fractions))
     # the live reconstruction's deterministic schedule: chunks that end where a decision is
     # taken (after the seeds and after every batch), a fixed number of updates per frame
     chunk = math.gcd(len(seeds), batch_size)

@@ -48,7 +48,7 @@ def test_fair_curve_is_reproducible_and_tracks_coverage(catalog, segmenter, scan
     raster, random = outcomes["raster"], outcomes["random"]
     phantom = make_phantom(CASE, SEED, size=SIZE)
     budgets = [n for n, _ in raster.fair_curve]
-    # seeds, 25 %, 50 % (the adaptive budget) and all of raster's exposures
+    # seeds, every eighth of raster's exposures up to a half (the adaptive budget), all
     assert budgets == sorted(budgets) and budgets[-1] == raster.exposures == 121
     assert [n for n, _ in random.fair_curve][-1] == random.exposures == 60
     # same frames, same engine -> the same numbers, to the last digit
@@ -75,4 +75,8 @@ def test_fair_curve_refuses_bad_input(catalog, segmenter, scanned):
         offline_iou_curve(catalog, uid, phantom, _roi(), segmenter, [0, 10])
     with pytest.raises(ValueError, match="epochs"):
         OfflineScoring(epochs=0)
+    for fractions in ((0.0, 0.5), (0.5, 1.5)):
+        with pytest.raises(ValueError, match="score_fractions"):
+            run_strategies(catalog, ("raster",), case=CASE, size=SIZE, seed=SEED,
+                           score_fractions=fractions)  # fmt: skip
     assert np.isfinite(outcomes["random"].final_iou)

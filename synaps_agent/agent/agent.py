@@ -70,24 +70,23 @@ class AgentConfig:
         (:class:`~synaps_agent.agent.candidates.FootprintCoverage`,
         :func:`~synaps_agent.agent.acquisition.select_batch`). Unmeasured area is where
         the segmentation is surely wrong. 0: the GP's acquisition alone. The default 5
-        was chosen on the ``autonomy`` benchmark with ``coverage_depth`` 1 (96 px P-dense
-        411: at 25 % of raster's exposures 0.569 / 0.767 / 0.795 fair IoU with weights 1 /
-        3 / 5, random 0.772; 10: 0.775; development seeds 1-3, mean at 25 %: 0.764 / 0.778
-        / 0.786 with 3 / 5 / 10, level at 50 %; with depth 2, weight 10 gave 0.787 / 0.791
-        on P-dense and 0.918 / 0.918 on P-sparse at 25 % / 50 %): below it a dense sample is
-        under-covered; the larger the weight, the less the GP's acquisition decides. Must
-        be >= 0.
+        was chosen on the ``autonomy`` benchmark (96 px P-dense 411: at 25 % of raster's
+        exposures 0.569 / 0.767 / 0.795 fair IoU with weights 1 / 3 / 5, random 0.772; 10:
+        0.775; development seeds 1-3, mean at 25 %: 0.764 / 0.778 / 0.786 with 3 / 5 / 10,
+        level at 50 %): below it a dense sample is under-covered; the larger the weight,
+        the less the GP's acquisition decides. Must be >= 0.
     coverage_depth : int
         How many times a part of the region must be seen before the coverage term stops
-        valuing it: a part seen ``k`` times is worth ``(depth - k) / depth`` (1: only what
-        nothing has seen yet). Ptychography reconstructs from overlapping views, so the
-        default 2 values a second look at once-seen ground at half a first one. Chosen on
-        the development seeds 1-3 of ``autonomy`` (96 px, weight 5, mean fair IoU at 25 % /
-        50 % of raster's exposures): P-dense 0.778 / 0.789 with depth 1, 0.781 / 0.792
-        with 2, 0.774 / 0.792 with 3 (random 0.686 / 0.789); P-sparse 0.908 / 0.926 with
-        1, 0.920 / 0.922 with 2 (random 0.911 / 0.912, greedy 0.918 / 0.926): within the
-        scores' spread of about 0.02, but with depth 1 the agent lost to random by 0.038
-        on one development phantom and with 2 by at most 0.006. Must be an integer >= 1.
+        valuing it: a part seen ``k`` times is worth ``(depth - k) / depth``. The default
+        1 values only what nothing has seen yet. Depth 2 (a second look worth half a
+        first) was tried on the development seeds 1-3 of ``autonomy`` (96 px, weight 5;
+        mean fair IoU at 12.5 / 25 / 37.5 / 50 % of raster's exposures): P-dense 0.550 /
+        0.781 / 0.789 / 0.792 against depth 1's 0.633 / 0.778 / 0.784 / 0.789 (random
+        0.537 / 0.686 / 0.750 / 0.789), P-sparse 0.860 / 0.920 / 0.919 / 0.922 against
+        0.859 / 0.908 / 0.932 / 0.926: slower to cover a dense sample early, level later.
+        On the check seeds 412-414 at 25 / 50 % its margins against random (mean +0.011,
+        -0.025 to +0.112) were no better than depth 1's (mean +0.013). Must be an integer
+        >= 1.
     surrogate : SurrogateConfig
     """
 
@@ -104,7 +103,7 @@ class AgentConfig:
     tolerance: dict[str, float] | None = None
     batch_min_distance: float = 1.0
     coverage_weight: float = 5.0
-    coverage_depth: int = 2
+    coverage_depth: int = 1
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
 
     @classmethod
