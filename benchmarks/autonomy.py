@@ -7,11 +7,11 @@ catalog (:func:`synaps_agent.experiment.run_strategies`). Raster is a full snake
 at about 70 % overlap; random, greedy-uncertainty (no GP) and the agent start from the
 same coarse seed lattice and get ``budget_fraction`` of raster's exposures.
 
-Score (fair): each strategy's stored frames, at the budgets of the seed lattice, 25 %,
-50 % and 100 % of raster's exposures, reconstructed offline with one fixed engine (seed,
-initial probe, ``scoring_epochs``, one torch thread), segmented with the same segmenter
-and scored against the phantom's ground truth (mean IoU over the region)
-(:func:`synaps_agent.experiment.offline_iou_curve`): IoU against exposures and against
+Score (fair): each strategy's stored frames, at the budgets of the seed lattice, every
+eighth of raster's exposures up to a half, and all of them, reconstructed offline with
+one fixed engine (seed, initial probe, ``scoring_epochs``, one torch thread), segmented
+with the same segmenter and scored against the phantom's ground truth (mean IoU over the
+region) (:func:`synaps_agent.experiment.offline_iou_curve`): IoU against exposures and against
 simulated time (motor travel, settle and exposure on the beamline's clock), the same for
 the same frames whatever the machine's load. The live IoU (the last live segmentation,
 after ``final_epochs``) is a secondary column.
@@ -210,8 +210,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--final-epochs", type=int, default=None,
                         help="reconstruction epochs over all frames after each scan")  # fmt: skip
     parser.add_argument("--check-seeds", nargs="+", type=int, default=[],
-                        help="further phantom seeds (> 9) on which random and the agent "
-                             "are compared")  # fmt: skip
+                        help="further phantom seeds (> 9) on which random, greedy and the "
+                             "agent are compared")  # fmt: skip
     args = parser.parse_args(argv)
     if any(seed <= 9 for seed in args.check_seeds):
         parser.error(f"--check-seeds must be outside the development seeds 0-9, "

@@ -232,9 +232,8 @@ class FootprintCoverage:
 
     def cover(self, points: np.ndarray) -> None:
         """Count the footprints of ``points`` as seen once more."""
-        for p in np.atleast_2d(points):
-            ix, iy, valid = self._cells(p[None, :])
-            self.counts[ix[valid], iy[valid]] += 1
+        ix, iy, valid = self._cells(np.atleast_2d(points))
+        np.add.at(self.counts, (ix[valid], iy[valid]), 1)  # overlapping footprints add up
 
     def covered_centres(self) -> np.ndarray:
         """Stage coordinates ``(m, 2)`` (spatial columns) of the cells seen at least once."""
