@@ -290,6 +290,27 @@ def test_footprint_coverage_with_depth_counts_how_often_a_footprint_was_seen():
             FootprintCoverage(space, 4.0, np.zeros((0, 2)), depth=bad)
 
 
+def test_footprint_coverage_values_stitching_a_lonely_point_to_the_rest():
+    from synaps_agent.agent.candidates import FootprintCoverage
+
+    space = ptycho_space()
+    # a pair of overlapping points and a lonely one (no measured point within reach)
+    measured = np.array([[20.0, 20.0], [23.0, 20.0], [50.0, 50.0]])
+    cov = FootprintCoverage(space, 4.0, measured, reach=4.0, stitch_value=0.5)
+    np.testing.assert_array_equal(cov.lonely, [[50.0, 50.0]])
+    near_lonely, near_pair, far = [53.0, 50.0], [26.0, 20.0], [10.0, 50.0]
+    cands = np.array([near_lonely, near_pair, far])
+    np.testing.assert_array_equal(cov.stitches(cands), [1.0, 0.0, 0.0])
+    np.testing.assert_allclose(cov.value(cands), cov.uncovered(cands) + [0.5, 0.0, 0.0])
+    # once a point of the batch overlaps it, the lonely point is stitched
+    cov.cover(np.array([[52.0, 52.0]]))
+    assert len(cov.lonely) == 0 and cov.stitches(cands).sum() == 0.0
+    # without a reach nothing is lonely; a negative worth is refused
+    assert len(FootprintCoverage(space, 4.0, measured).lonely) == 0
+    with pytest.raises(ValueError, match="stitch_value"):
+        FootprintCoverage(space, 4.0, measured, reach=4.0, stitch_value=-1.0)
+
+
 def test_a_batch_spreads_over_fresh_ground():
     """On a flat posterior, the coverage term makes the points of one batch see disjoint
     parts of the region (each pick's footprint counts as seen for the next)."""

@@ -131,7 +131,7 @@ def select_batch(
             if t == 0:
                 spread = float(np.max(acq) - np.min(acq))
                 coverage_value = coverage_weight * (spread if spread > 0 else 1.0)
-            fresh = coverage.uncovered(candidates)
+            fresh = coverage.value(candidates)
             acq = acq + coverage_value * fresh
         score = acq
         if cost_aware and pos is not None:

@@ -87,6 +87,24 @@ class AgentConfig:
         On the check seeds 412-414 at 25 / 50 % its margins against random (mean +0.011,
         -0.025 to +0.112) were no better than depth 1's (mean +0.013). Must be an integer
         >= 1.
+    stitch_value : float
+        With the coverage term and ``max_step``: a measured point with no other measured
+        point within ``max_step`` (its footprint overlaps none, as the seed lattice's, 4
+        raster steps apart, do not) is *lonely*, and a candidate within ``max_step`` of a
+        lonely point is also worth ``stitch_value`` of a fresh footprint: ptychography
+        ties a footprint to the rest of the object through overlap, so stitching the
+        seeds together across the region comes before finishing one corner
+        (:meth:`FootprintCoverage.stitches`; a pick of a batch stitches its neighbours
+        for the next picks). The default 0.3 was chosen on the ``autonomy`` benchmark
+        (96 px; fair IoU at 12.5 % of raster's exposures, just past the seed lattice):
+        P-sparse 410 0.884 against 0.764 without (random 0.862, greedy 0.761), P-dense
+        411 0.533 against 0.587 (random 0.468); development seeds 1-3, mean at 12.5 /
+        25 / 37.5 / 50 %: P-sparse 0.870 / 0.913 / 0.909 / 0.918 against 0.859 / 0.908 /
+        0.932 / 0.926 without (random 0.818 / 0.911 / 0.918 / 0.912), P-dense 0.584 /
+        0.772 / 0.785 / 0.787 against 0.633 / 0.778 / 0.784 / 0.789 (random 0.537 /
+        0.686 / 0.750 / 0.789). 1.0 stitched at the expense of the GP's choice (P-sparse
+        410 0.829, P-dense development mean 0.587 at 12.5 %). 0: no stitching. Must be
+        >= 0.
     surrogate : SurrogateConfig
     """
 
@@ -104,6 +122,7 @@ class AgentConfig:
     batch_min_distance: float = 1.0
     coverage_weight: float = 5.0
     coverage_depth: int = 1
+    stitch_value: float = 0.3
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
 
     @classmethod
@@ -159,6 +178,8 @@ class ImagingAgent:
         depth = config.coverage_depth
         if isinstance(depth, bool) or int(depth) != depth or depth < 1:
             raise ValueError(f"coverage_depth must be an integer >= 1, got {depth!r}")
+        if not config.stitch_value >= 0:
+            raise ValueError(f"stitch_value must be >= 0, got {config.stitch_value!r}")
         self.stopping = stopping or StoppingRule()
         self.seed = int(seed)
         self.rng = np.random.default_rng(self.seed)
@@ -457,7 +478,12 @@ class ImagingAgent:
         if not (cfg.coverage_weight > 0 and cfg.probe_fwhm is not None and planar):
             return None
         return FootprintCoverage(
-            self.space, cfg.probe_fwhm / 2, self.gate.measured.points, depth=cfg.coverage_depth
+            self.space,
+            cfg.probe_fwhm / 2,
+            self.gate.measured.points,
+            depth=cfg.coverage_depth,
+            reach=cfg.max_step,
+            stitch_value=cfg.stitch_value,
         )
 
     # -- report ------------------------------------------------------------------------------

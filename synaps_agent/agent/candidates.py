@@ -178,18 +178,35 @@ class FootprintCoverage:
         Points measured so far (the space's columns).
     depth : int
         How many times a cell must be seen before it is worth nothing (>= 1).
+    reach : float or None
+        Overlap distance for :meth:`stitches`: a measured point with no other measured
+        point within ``reach`` is *lonely* (its footprint overlaps none; ptychography
+        cannot tie it to the rest). ``None``: nothing is lonely.
+    stitch_value : float
+        What giving a lonely point a neighbour is worth in :meth:`value`, as a part of a
+        fresh footprint (>= 0).
     """
 
     def __init__(
-        self, space: ScanSpace, radius: float, measured: np.ndarray, depth: int = 1
+        self,
+        space: ScanSpace,
+        radius: float,
+        measured: np.ndarray,
+        depth: int = 1,
+        reach: float | None = None,
+        stitch_value: float = 0.0,
     ) -> None:
         si = space.spatial_index
         if len(si) != 2 or not radius > 0:
             raise ValueError("footprint coverage needs two spatial axes and a positive radius")
         if int(depth) != depth or depth < 1:
             raise ValueError(f"footprint coverage depth must be an integer >= 1, got {depth!r}")
+        if not stitch_value >= 0:
+            raise ValueError(f"footprint stitch_value must be >= 0, got {stitch_value!r}")
         self.si = si
         self.depth = int(depth)
+        self.reach = reach
+        self.stitch_value = float(stitch_value)
         self.low, high = space.low[si], space.high[si]
         self.cell = max(radius / 4, float(np.max(high - self.low)) / 128)
         span = np.ceil((high - self.low) / self.cell).astype(int) + 1
@@ -198,6 +215,10 @@ class FootprintCoverage:
         self.centres = np.stack(np.meshgrid(gx, gy, indexing="ij"), axis=-1).reshape(-1, 2)
         self.counts = np.zeros(self.shape, dtype=np.int32)
         pts = np.asarray(measured, dtype=float).reshape(-1, space.ndim)[:, si]
+        self.lonely = np.zeros((0, 2))
+        if len(pts) and reach is not None:
+            near = cKDTree(pts).query_ball_point(pts, reach * (1 + 1e-9), return_length=True)
+            self.lonely = pts[np.asarray(near) == 1]  # only itself
         if len(pts):
             seen = cKDTree(pts).query_ball_point(
                 self.centres, radius * (1 + 1e-9), return_length=True
@@ -230,10 +251,32 @@ class FootprintCoverage:
         missing = np.maximum(self.depth - self.counts[ix, iy], 0) * valid
         return missing.sum(axis=1) / (self.depth * np.maximum(valid.sum(axis=1), 1))
 
+    def stitches(self, points: np.ndarray) -> np.ndarray:
+        """1 for each point within ``reach`` of a lonely measured point, else 0."""
+        if len(points) == 0 or not len(self.lonely):
+            return np.zeros(len(points))
+        xy = np.asarray(points, dtype=float)[:, self.si]
+        d, _ = cKDTree(self.lonely).query(xy, distance_upper_bound=self.reach * (1 + 1e-9))
+        return np.isfinite(d).astype(float)
+
+    def value(self, points: np.ndarray) -> np.ndarray:
+        """What measuring each point adds: :meth:`uncovered` plus ``stitch_value`` times
+        :meth:`stitches`."""
+        v = self.uncovered(points)
+        if self.stitch_value > 0:
+            v = v + self.stitch_value * self.stitches(points)
+        return v
+
     def cover(self, points: np.ndarray) -> None:
-        """Count the footprints of ``points`` as seen once more."""
-        ix, iy, valid = self._cells(np.atleast_2d(points))
+        """Count the footprints of ``points`` as seen once more; lonely points within
+        ``reach`` of them are lonely no longer."""
+        points = np.atleast_2d(points)
+        ix, iy, valid = self._cells(points)
         np.add.at(self.counts, (ix[valid], iy[valid]), 1)  # overlapping footprints add up
+        if len(self.lonely):
+            xy = points[:, self.si]
+            d = np.min(np.linalg.norm(self.lonely[:, None, :] - xy[None], axis=2), axis=1)
+            self.lonely = self.lonely[d > self.reach * (1 + 1e-9)]
 
     def covered_centres(self) -> np.ndarray:
         """Stage coordinates ``(m, 2)`` (spatial columns) of the cells seen at least once."""
