@@ -249,6 +249,33 @@ def test_ask_at_2000_observations_uses_the_sparse_model_and_learns_new_data():
     assert np.mean(after.std) < 0.5 * np.mean(before.std)
 
 
+def test_candidate_lattice_is_jittered_off_a_common_grid_within_limits():
+    from synaps_agent.agent.candidates import CandidateGenerator
+
+    space = ptycho_space()
+    step = 2.0
+    regular = CandidateGenerator(space, step, None, None)._fine
+    jittered = CandidateGenerator(space, step, None, None, jitter=0.5, seed=3)._fine
+    assert jittered.shape == regular.shape
+    assert np.all(space.contains(jittered))
+    offsets = jittered - regular
+    # each point moved on its own, by at most a quarter of the spacing per axis
+    assert np.abs(offsets).max() <= 0.25 * step + 1e-12
+    assert np.std(offsets[:, 0]) > 0.1 * step and np.std(offsets[:, 1]) > 0.1 * step
+    # neighbours stay at least half a spacing apart (no duplicates within tolerance)
+    d = np.linalg.norm(jittered[:, None] - jittered[None], axis=-1) + np.eye(len(jittered)) * 1e9
+    assert d.min() >= 0.5 * step - 1e-9
+    # seeded: the same lattice for the same seed, another for another
+    again = CandidateGenerator(space, step, None, None, jitter=0.5, seed=3)._fine
+    np.testing.assert_array_equal(again, jittered)
+    other = CandidateGenerator(space, step, None, None, jitter=0.5, seed=4)._fine
+    assert not np.allclose(other, jittered)
+    with pytest.raises(ValueError, match="jitter"):
+        CandidateGenerator(space, step, None, None, jitter=1.5)
+    with pytest.raises(ValueError, match="jitter"):
+        ptycho_agent(lattice_jitter=-0.1)
+
+
 def test_footprint_coverage_is_the_unseen_part_of_a_footprint():
     from synaps_agent.agent.candidates import FootprintCoverage
 
@@ -311,6 +338,29 @@ def test_footprint_coverage_values_stitching_a_lonely_point_to_the_rest():
         FootprintCoverage(space, 4.0, measured, reach=4.0, stitch_value=-1.0)
 
 
+@pytest.mark.parametrize("field_seed", [0, 1])
+def test_first_batch_after_the_seed_lattice_stitches_a_seed_with_every_point(field_seed):
+    """Seed footprints 4 overlap steps apart overlap none; with ``stitch_value`` every
+    point of the next batch gives a different seed a neighbour, without it the batch
+    clusters around the most uncertain spot and stitches fewer."""
+    seeds = lattice(np.zeros(2), np.full(2, float(N)), 8.0)  # the agent's seed lattice
+    stitched = {}
+    for stitch_value in (0.0, 0.3):
+        agent = ptycho_agent(stitch_value=stitch_value)
+        u = blob_field(field_seed, k=1)
+        gains = []
+        for p in seeds:
+            u, gain = measure(u, *p)
+            gains.append({"gain": gain})
+        agent.update_prior(u, (0, N, 0, N))
+        agent.tell_many(seeds, gains)
+        _, pts = agent.ask(8)
+        assert len(pts) == 8
+        d = np.linalg.norm(seeds[:, None] - pts[None], axis=-1)
+        stitched[stitch_value] = int(np.sum(d.min(axis=1) <= agent.config.max_step + 1e-9))
+    assert stitched[0.3] == 8 and stitched[0.0] < 8, stitched
+
+
 def test_a_batch_spreads_over_fresh_ground():
     """On a flat posterior, the coverage term makes the points of one batch see disjoint
     parts of the region (each pick's footprint counts as seen for the next)."""
@@ -340,6 +390,9 @@ def test_agent_refuses_bad_settings():
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match="coverage_depth"):
             ptycho_agent(coverage_depth=bad)
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="stitch_value"):
+            ptycho_agent(stitch_value=bad)
     with pytest.raises(ValueError, match="acquisition"):
         ptycho_agent(acquisition="greedy")
     assert ptycho_agent(coverage_weight=0.0).config.coverage_weight == 0.0

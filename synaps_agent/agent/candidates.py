@@ -69,6 +69,14 @@ class CandidateGenerator:
         Angular grid step for periodic axes.
     max_candidates : int
         Larger candidate sets are randomly subsampled (with the caller's seeded generator).
+    jitter : float
+        Each point of the fine and seed lattices is moved once, by a uniform offset in
+        ``+-jitter * spacing / 2`` on each axis (kept inside the limits), as
+        :func:`~synaps_agent.plans.patterns.raster_positions` jitters a raster: probe
+        positions on a common grid make ptychography converge to periodic artefacts.
+        0: regular lattices.
+    seed : int
+        Seed of the jitter.
     """
 
     space: ScanSpace
@@ -77,15 +85,20 @@ class CandidateGenerator:
     seed_spacing: float | None
     angle_step: float = 0.25
     max_candidates: int = 2048
+    jitter: float = 0.0
+    seed: int = 0
 
     def __post_init__(self) -> None:
         sp = self.space
         si, ai = sp.spatial_index, sp.angle_index
         if len(ai) > 1:
             raise ValueError("at most one periodic (rotation) axis is supported")
-        self._fine = lattice(sp.low[si], sp.high[si], self.lattice_step) if si else None
+        if not 0 <= self.jitter <= 1:
+            raise ValueError(f"candidate lattice jitter must be in [0, 1], got {self.jitter!r}")
+        rng = np.random.default_rng(self.seed)
+        self._fine = self._lattice(self.lattice_step, rng) if si else None
         if si and self.seed_spacing is not None:
-            self._seeds = lattice(sp.low[si], sp.high[si], self.seed_spacing)
+            self._seeds = self._lattice(self.seed_spacing, rng)
         else:
             self._seeds = None
         if ai:
@@ -93,6 +106,16 @@ class CandidateGenerator:
             self._angles = angle_grid(ax.low, ax.high, ax.period, self.angle_step)
         else:
             self._angles = None
+
+    def _lattice(self, spacing: float, rng: np.random.Generator) -> np.ndarray:
+        """The spatial lattice of ``spacing`` over the limits, jittered."""
+        si = self.space.spatial_index
+        low, high = self.space.low[si], self.space.high[si]
+        points = lattice(low, high, spacing)
+        if self.jitter > 0:
+            offsets = rng.uniform(-0.5, 0.5, points.shape) * self.jitter * spacing
+            points = np.clip(points + offsets, low, high)
+        return points
 
     def spatial(self, measured: np.ndarray) -> np.ndarray:
         """Spatial candidates (columns = non-periodic axes) given measured points.
