@@ -56,15 +56,17 @@ class AgentConfig:
     lattice_jitter : float
         Each point of the candidate lattices is moved once (seeded by the agent's seed)
         by up to ``lattice_jitter / 2`` of the lattice's spacing on each axis, as a raster
-        is jittered: probe positions on a common grid make ptychography converge to
-        periodic artefacts. On ``autonomy`` (96 px) with regular lattices the fair IoU of
-        the agent's P-dense 413 scan fell from 0.60 at 78 exposures to 0.57 at 156 (0.40
-        to 0.57 over the scorer's seeds) with a grid pattern in the phase; with the
-        default 0.5: 0.55 / 0.79. Fair IoU at 12.5 % of raster's exposures (78), jittered
-        against regular, agent and random (which shares the candidates): P-sparse 410
-        0.903 / 0.764 and 0.912 / 0.862; P-sparse development seeds 1-3 agent 0.848,
-        0.878, 0.929 against 0.849, 0.888, 0.840, random 0.770, 0.803, 0.780 against
-        0.726, 0.835, 0.892. In ``[0, 1]``; 0: regular lattices.
+        is jittered (probe positions on a common grid can make ptychography converge to
+        periodic artefacts). In ``[0, 1]``; the default 0 keeps regular lattices. 0.5 was
+        measured on ``autonomy`` (96 px, 2026-12-06; agent's mean fair IoU over the four
+        phantoms of each case at 12.5 / 25 / 37.5 / 50 % of raster's exposures): P-sparse
+        0.812 / 0.910 / 0.911 / 0.889 against 0.793 / 0.908 / 0.912 / 0.915 regular,
+        P-dense 0.553 / 0.788 / 0.792 / 0.800 against 0.586 / 0.783 / 0.801 / 0.804;
+        random, which shares the candidates, moved as much. It removed a collapse seen with
+        ``stitch_value`` 0.3 on P-dense 413 (fair IoU 0.60 at 78 exposures, 0.40-0.57 over
+        the scorer's seeds at 156, a grid pattern in the phase; jittered 0.55 / 0.79)
+        and closed P-sparse 410's gap at 12.5 % (0.903 against 0.764; random 0.912
+        against 0.862), but was not better overall: within the score's spread.
     max_candidates : int
         Candidates scored per decision (seeded random subsample beyond).
     tolerance : dict or None
@@ -113,8 +115,7 @@ class AgentConfig:
         0.918 against 0.859 / 0.908 / 0.932 / 0.926, P-dense 0.584 / 0.772 / 0.785 /
         0.787 against 0.633 / 0.778 / 0.784 / 0.789; on the check seeds 412-414 its
         margins against random fell (mean +0.004 against +0.023), those of P-dense from
-        25 % on. The jittered lattice then closed most of P-sparse 410's gap without it.
-        Default 0: no stitching. Must be >= 0.
+        25 % on. Default 0: no stitching. Must be >= 0.
     surrogate : SurrogateConfig
     """
 
@@ -128,7 +129,7 @@ class AgentConfig:
     seed_spacing: float | None = None
     angle_step: float = 0.25
     max_candidates: int = 1024
-    lattice_jitter: float = 0.5
+    lattice_jitter: float = 0.0
     tolerance: dict[str, float] | None = None
     batch_min_distance: float = 1.0
     coverage_weight: float = 5.0

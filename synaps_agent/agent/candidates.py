@@ -239,7 +239,7 @@ class FootprintCoverage:
         self.counts = np.zeros(self.shape, dtype=np.int32)
         pts = np.asarray(measured, dtype=float).reshape(-1, space.ndim)[:, si]
         self.lonely = np.zeros((0, 2))
-        if len(pts) and reach is not None:
+        if len(pts) and reach is not None and self.stitch_value > 0:
             near = cKDTree(pts).query_ball_point(pts, reach * (1 + 1e-9), return_length=True)
             self.lonely = pts[np.asarray(near) == 1]  # only itself
         if len(pts):
