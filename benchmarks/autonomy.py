@@ -9,7 +9,8 @@ same coarse seed lattice and get ``budget_fraction`` of raster's exposures.
 
 Score (fair): each strategy's stored frames, at the budgets of the seed lattice, every
 eighth of raster's exposures up to a half, and all of them, reconstructed offline with
-one fixed engine (seed, initial probe, ``scoring_epochs``, one torch thread), segmented
+one fixed engine (seed, initial probe, ``scoring_epochs``, one torch thread; with
+``--score-repeats N`` the mean over engine seeds 0 .. N-1), segmented
 with the same segmenter and scored against the phantom's ground truth (mean IoU over the
 region) (:func:`synaps_agent.experiment.offline_iou_curve`): IoU against exposures and against
 simulated time (motor travel, settle and exposure on the beamline's clock), the same for
@@ -26,7 +27,7 @@ budget past the seed lattice, seed by seed, and over all of them (mean, smallest
 many ahead), so one phantom's luck does not decide the comparison.
 
     python -m benchmarks.autonomy [--smoke] [--out DIR] [--cases P-sparse P-dense]
-                                  [--check-seeds 412 413 414]
+                                  [--check-seeds 412 413 414] [--score-repeats 3]
 """
 
 from __future__ import annotations
@@ -212,7 +213,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--check-seeds", nargs="+", type=int, default=[],
                         help="further phantom seeds (> 9) on which random, greedy and the "
                              "agent are compared")  # fmt: skip
+    parser.add_argument("--score-repeats", type=int, default=1,
+                        help="offline reconstructions per budget (engine seeds 0, 1, ...); "
+                             "the fair IoU is their mean")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.score_repeats < 1:
+        parser.error(f"--score-repeats must be >= 1, got {args.score_repeats}")
     if any(seed <= 9 for seed in args.check_seeds):
         parser.error(f"--check-seeds must be outside the development seeds 0-9, "
                      f"got {args.check_seeds}")  # fmt: skip
@@ -223,6 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         p["size"] = int(args.size)
     if args.final_epochs:
         p["final_epochs"] = int(args.final_epochs)
+    p["scoring_repeats"] = int(args.score_repeats)
     from synaps_agent.catalog import open_catalog
     from synaps_agent.experiment import OfflineScoring, default_segmenter, run_strategies
 
@@ -230,6 +237,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t_start = time.perf_counter()
     figures: dict[str, Any] = {"cases": {}, "tolerance": TOLERANCE}
     segmenter = default_segmenter()
+    scoring = OfflineScoring(epochs=p["scoring_epochs"], repeats=p["scoring_repeats"])
     with tempfile.TemporaryDirectory(prefix="synaps-autonomy-") as tmp:
         with open_catalog(tmp) as catalog:
             for case in p["cases"]:
@@ -243,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     segmenter=segmenter,
                     final_epochs=p["final_epochs"],
                     batch_size=p["batch_size"],
-                    scoring=OfflineScoring(epochs=p["scoring_epochs"]),
+                    scoring=scoring,
                     log=log,
                 )
                 figures["cases"][case] = summarize_case(case, outcomes)
@@ -253,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         catalog, (*BASELINES, "agent"), case=case, size=p["size"], seed=seed,
                         budget_fraction=p["budget_fraction"], segmenter=segmenter,
                         final_epochs=p["final_epochs"], batch_size=p["batch_size"],
-                        scoring=OfflineScoring(epochs=p["scoring_epochs"]), log=log,
+                        scoring=scoring, log=log,
                     )  # fmt: skip
                     check = {"case": case, "seed": seed}
                     check.update({name: run.fair_curve for name, run in runs.items()})
@@ -315,7 +323,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )  # fmt: skip
     notes = [
         "Fair IoU: the first N stored frames of each run reconstructed offline with a fixed "
-        "engine (seed 0, the run's initial probe, scoring_epochs, one torch thread), "
+        "engine (seed 0, the run's initial probe, scoring_epochs, one torch thread; the mean "
+        "over engine seeds 0 .. scoring_repeats - 1), "
         "segmented, mean IoU over phases against the phantom's labels over the scanned "
         "region less a margin. Live IoU: the last stored live segmentation snapshot.",
         "Simulated time: the beamline's clock (trapezoid moves with settle time, exposure "

@@ -67,6 +67,27 @@ def test_fair_curve_is_reproducible_and_tracks_coverage(catalog, segmenter, scan
 
 
 @pytest.mark.slow
+def test_fair_curve_with_repeats_is_the_mean_over_engine_seeds(catalog, segmenter, scanned):
+    outcomes, scoring = scanned
+    random = outcomes["random"]
+    phantom = make_phantom(CASE, SEED, size=SIZE)
+    budgets = [n for n, _ in random.fair_curve][-2:]
+    args = (catalog, random.raw_uid, phantom, _roi(), segmenter, budgets)
+    per_seed = [
+        dict(offline_iou_curve(*args, OfflineScoring(epochs=scoring.epochs, seed=s)))
+        for s in (0, 1)
+    ]
+    mean = offline_iou_curve(*args, OfflineScoring(epochs=scoring.epochs, repeats=2))
+    assert [n for n, _ in mean] == budgets
+    for n, iou in mean:
+        assert iou == pytest.approx((per_seed[0][n] + per_seed[1][n]) / 2, abs=1e-12)
+    assert per_seed[0] == dict(random.fair_curve[-2:])  # seed 0 alone: the run's own score
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="repeats"):
+            OfflineScoring(repeats=bad)
+
+
+@pytest.mark.slow
 def test_fair_curve_refuses_bad_input(catalog, segmenter, scanned):
     outcomes, _ = scanned
     phantom = make_phantom(CASE, SEED, size=SIZE)
