@@ -92,8 +92,9 @@ def select_batch(
     """Greedy sequential batch with kriging-believer fantasies.
 
     With ``coverage``, a candidate is also worth the part of its footprint still to be
-    seen (:meth:`FootprintCoverage.uncovered`: what no measurement has seen, and with a
-    coverage ``depth`` above 1 in part what was seen fewer than ``depth`` times) times
+    seen (:meth:`FootprintCoverage.value`: what no measurement has seen, with a coverage
+    ``depth`` above 1 in part what was seen fewer than ``depth`` times, and with a
+    ``stitch_value`` a bonus for overlapping a lonely measured point) times
     ``coverage_weight`` times the range of the acquisition over the candidates (1 if it
     is flat), on top of the acquisition: a fresh footprint is worth as much as the
     difference between the best and the worst candidate the surrogate knows of, whatever

@@ -204,7 +204,8 @@ class FootprintCoverage:
     reach : float or None
         Overlap distance for :meth:`stitches`: a measured point with no other measured
         point within ``reach`` is *lonely* (its footprint overlaps none; ptychography
-        cannot tie it to the rest). ``None``: nothing is lonely.
+        cannot tie it to the rest). ``None``, or ``stitch_value`` 0: nothing is
+        lonely.
     stitch_value : float
         What giving a lonely point a neighbour is worth in :meth:`value`, as a part of a
         fresh footprint (>= 0).
