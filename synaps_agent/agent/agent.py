@@ -67,6 +67,8 @@ class AgentConfig:
         the scorer's seeds at 156, a grid pattern in the phase; jittered 0.55 / 0.79)
         and closed P-sparse 410's gap at 12.5 % (0.903 against 0.764; random 0.912
         against 0.862), but was not better overall: within the score's spread.
+    angle_step : float
+        Candidate angular grid step (axis units).
     max_candidates : int
         Candidates scored per decision (seeded random subsample beyond).
     tolerance : dict or None
