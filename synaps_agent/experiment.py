@@ -297,7 +297,7 @@ def offline_iou_curve(
 def _offline_iou(
     geometry: PtychoGeometry,
     config: PtychoConfig,
-    window,
+    window: tuple[tuple[int, int], tuple[int, int]] | None,
     frames: np.ndarray,
     positions: np.ndarray,
     epochs: int,

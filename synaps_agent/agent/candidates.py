@@ -240,14 +240,13 @@ class FootprintCoverage:
         self.counts = np.zeros(self.shape, dtype=np.int32)
         pts = np.asarray(measured, dtype=float).reshape(-1, space.ndim)[:, si]
         self.lonely = np.zeros((0, 2))
-        if len(pts) and reach is not None and self.stitch_value > 0:
-            near = cKDTree(pts).query_ball_point(pts, reach * (1 + 1e-9), return_length=True)
-            self.lonely = pts[np.asarray(near) == 1]  # only itself
         if len(pts):
-            seen = cKDTree(pts).query_ball_point(
-                self.centres, radius * (1 + 1e-9), return_length=True
-            )
+            tree = cKDTree(pts)
+            seen = tree.query_ball_point(self.centres, radius * (1 + 1e-9), return_length=True)
             self.counts = np.asarray(seen, dtype=np.int32).reshape(self.shape)
+            if reach is not None and self.stitch_value > 0:
+                near = tree.query_ball_point(pts, reach * (1 + 1e-9), return_length=True)
+                self.lonely = pts[np.asarray(near) == 1]  # only itself
         n = int(np.ceil(radius / self.cell))
         ox, oy = np.meshgrid(np.arange(-n, n + 1), np.arange(-n, n + 1), indexing="ij")
         inside = (ox * self.cell) ** 2 + (oy * self.cell) ** 2 <= radius**2 * (1 + 1e-9)
