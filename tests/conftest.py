@@ -7,6 +7,9 @@ import torch
 from bluesky import RunEngine
 from event_model import schema_validators
 
+from synaps_agent.agent import AgentConfig, Axis, ScanSpace, StoppingRule, make_strategy
+from synaps_agent.callbacks.agent_feed import AgentFeed
+from synaps_agent.callbacks.analysis import DocumentSink
 from synaps_agent.catalog import open_catalog
 from synaps_agent.sim_devices.beamline import make_sim_beamline
 from synaps_agent.sim_devices.phantoms import make_phantom
@@ -69,6 +72,24 @@ def ptycho_beamline(catalog):
         frame_size=32,
         probe_fwhm_px=10,
     )
+
+
+@pytest.fixture
+def map_free_feed(catalog):
+    """Make an :class:`AgentFeed` that chooses without a live map, over the
+    ``ptycho_beamline``'s stage (x, y in +-0.5 um), its decisions stored in the catalog:
+    ``map_free_feed(budget, strategy="random", **feed_options)``."""
+
+    def make(budget: int, *, strategy: str = "random", **feed_options) -> AgentFeed:
+        space = ScanSpace([Axis(name, -0.5, 0.5, "um") for name in ("x", "y")])
+        agent = make_strategy(
+            strategy, space, AgentConfig(probe_fwhm=0.2, max_step=0.1, exposure_time=0.005),
+            stopping=StoppingRule(max_exposures=budget), seed=5,
+        )  # fmt: skip
+        sink = DocumentSink(catalog.writer("processed"))
+        return AgentFeed(agent, lambda: None, footprint_radius=0.1, sink=sink, **feed_options)
+
+    return make
 
 
 @pytest.fixture

@@ -6,23 +6,9 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 
-from synaps_agent.agent import AgentConfig, Axis, ScanSpace, StoppingRule, make_strategy
-from synaps_agent.callbacks.agent_feed import AgentFeed
-from synaps_agent.callbacks.analysis import DocumentSink
 from synaps_agent.plans.adaptive import adaptive_ptycho_scan
 from synaps_agent.plans.patterns import raster_positions
 from synaps_agent.reliability import prepare_run_engine
-
-
-def _feed(bl, catalog, budget):
-    space = ScanSpace([Axis(name, -0.5, 0.5, "um") for name in ("x", "y")])
-    agent = make_strategy(
-        "random", space, AgentConfig(probe_fwhm=0.2, max_step=0.1, exposure_time=0.005),
-        stopping=StoppingRule(max_exposures=budget), seed=5,
-    )  # fmt: skip
-    # no live segmentation here: the agent chooses without a map
-    return AgentFeed(agent, lambda: None, footprint_radius=0.1,
-                     sink=DocumentSink(catalog.writer("processed")))  # fmt: skip
 
 
 def _primary(catalog, uid):
@@ -36,7 +22,9 @@ def _primary(catalog, uid):
 
 
 @pytest.mark.parametrize("beam_back", [True, False], ids=["beam-back", "beam-stays-down"])
-def test_zero_i0_exposure_is_taken_again_once(catalog, documents, ptycho_beamline, beam_back):
+def test_zero_i0_exposure_is_taken_again_once(
+    catalog, documents, ptycho_beamline, map_free_feed, beam_back
+):
     bl = ptycho_beamline
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(documents)
@@ -45,7 +33,7 @@ def test_zero_i0_exposure_is_taken_again_once(catalog, documents, ptycho_beamlin
     if beam_back:  # the ring refills as soon as the dumped exposure's event is out
         RE.subscribe(lambda name, doc: doc["data"]["i0"] > 0 or bl.beam.restore(), "event")
     budget = 14
-    feed = _feed(bl, catalog, budget)
+    feed = map_free_feed(budget)
     seeds = raster_positions(-0.4, 0.4, -0.4, 0.4, 0.4)  # 9 seeds
     bl.beam.schedule_dump(at_exposure=4, down_for=3600.0)
     try:

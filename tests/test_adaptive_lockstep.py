@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 
-from synaps_agent.agent import AgentConfig, Axis, ScanSpace, StoppingRule, make_strategy
+from synaps_agent.agent import Axis, ScanSpace, make_strategy
 from synaps_agent.callbacks.agent_feed import AgentFeed
-from synaps_agent.callbacks.analysis import DocumentSink
 from synaps_agent.plans.adaptive import adaptive_ptycho_scan
 from synaps_agent.plans.patterns import raster_positions
 
@@ -46,16 +45,6 @@ class SlowAnalysis:
         self._thread.join(10)
 
 
-def _feed(catalog, budget, map_frames, strategy="random"):
-    space = ScanSpace([Axis(name, -0.5, 0.5, "um") for name in ("x", "y")])
-    agent = make_strategy(
-        strategy, space, AgentConfig(probe_fwhm=0.2, max_step=0.1, exposure_time=0.005),
-        stopping=StoppingRule(max_exposures=budget), seed=5,
-    )  # fmt: skip
-    return AgentFeed(agent, lambda: None, footprint_radius=0.1, map_frames=map_frames,
-                     sink=DocumentSink(catalog.writer("processed")))  # fmt: skip
-
-
 def _decisions(catalog, uid):
     (run,) = [
         r
@@ -65,13 +54,15 @@ def _decisions(catalog, uid):
     return run
 
 
-def test_each_decision_waits_for_the_map_of_every_exposure(catalog, ptycho_beamline):
+def test_each_decision_waits_for_the_map_of_every_exposure(
+    catalog, ptycho_beamline, map_free_feed
+):
     bl = ptycho_beamline
     analysis = SlowAnalysis(delay=0.03)
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(catalog.writer())
     RE.subscribe(analysis)
-    feed = _feed(catalog, 21, lambda: analysis.frames)
+    feed = map_free_feed(21, map_frames=lambda: analysis.frames)
     seeds = raster_positions(-0.4, 0.4, -0.4, 0.4, 0.4)  # 9 seeds, then 3 batches of 4
     try:
         (uid,) = RE(adaptive_ptycho_scan(
@@ -90,12 +81,12 @@ def test_each_decision_waits_for_the_map_of_every_exposure(catalog, ptycho_beaml
 
 
 def test_a_map_that_never_catches_up_is_waited_for_at_most_the_timeout(
-    catalog, ptycho_beamline
+    catalog, ptycho_beamline, map_free_feed
 ):
     bl = ptycho_beamline
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(catalog.writer())
-    feed = _feed(catalog, 13, lambda: 2)  # the analysis is stuck at 2 frames
+    feed = map_free_feed(13, map_frames=lambda: 2)  # the analysis is stuck at 2 frames
     seeds = raster_positions(-0.4, 0.4, -0.4, 0.4, 0.4)
     t0 = time.monotonic()
     (uid,) = RE(adaptive_ptycho_scan(

@@ -9,9 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from synaps_agent.agent import AgentConfig, Axis, ScanSpace, StoppingRule, make_strategy
-from synaps_agent.callbacks.agent_feed import AgentFeed, FallbackFeed
-from synaps_agent.callbacks.analysis import DocumentSink
+from synaps_agent.callbacks.agent_feed import FallbackFeed
 from synaps_agent.plans.adaptive import adaptive_ptycho_scan
 from synaps_agent.plans.patterns import raster_positions, unmeasured_points
 
@@ -39,16 +37,6 @@ class AgentFault:
         agent.ask = broken_ask
 
 
-def _feed(catalog, budget: int) -> AgentFeed:
-    space = ScanSpace([Axis(name, -0.5, 0.5, "um") for name in ("x", "y")])
-    agent = make_strategy(
-        "random", space, AgentConfig(probe_fwhm=0.2, max_step=0.1, exposure_time=0.005),
-        stopping=StoppingRule(max_exposures=budget), seed=5,
-    )  # fmt: skip
-    return AgentFeed(agent, lambda: None, footprint_radius=0.1,
-                     sink=DocumentSink(catalog.writer("processed")))  # fmt: skip
-
-
 def _scan(RE, bl, feed, budget):
     (uid,) = RE(adaptive_ptycho_scan(
         [bl.ptycho_det], bl.stage.x, bl.stage.y, feed, SEEDS, batch_size=4,
@@ -67,10 +55,10 @@ def _decisions_run(catalog, uid):
 
 
 def test_an_agent_that_raises_hands_the_scan_to_the_planned_pattern(
-    RE, catalog, documents, ptycho_beamline
+    RE, catalog, documents, ptycho_beamline, map_free_feed
 ):
     bl = ptycho_beamline
-    inner = _feed(catalog, 60)
+    inner = map_free_feed(60)
     fault = AgentFault(inner.agent, after=2)  # the first decision works, the second raises
     feed = FallbackFeed(inner, PATTERN)
     uid = _scan(RE, bl, feed, 60)
@@ -99,9 +87,11 @@ def _on_seeds() -> np.ndarray:
     return np.flatnonzero(d.min(axis=1) < 1e-9)
 
 
-def test_a_hung_agent_is_abandoned_after_its_timeout(RE, catalog, documents, ptycho_beamline):
+def test_a_hung_agent_is_abandoned_after_its_timeout(
+    RE, catalog, documents, ptycho_beamline, map_free_feed
+):
     bl = ptycho_beamline
-    inner = _feed(catalog, 20)
+    inner = map_free_feed(20)
     fault = AgentFault(inner.agent, after=1, hang=True)  # hangs at the first decision
     feed = FallbackFeed(inner, PATTERN, ask_timeout=0.5)
     t0 = time.monotonic()
@@ -119,10 +109,10 @@ def test_a_hung_agent_is_abandoned_after_its_timeout(RE, catalog, documents, pty
     np.testing.assert_allclose(xy[9:], expected, atol=1e-6)
 
 
-def test_a_pattern_of_the_wrong_shape_is_refused(catalog):
+def test_a_pattern_of_the_wrong_shape_is_refused(map_free_feed):
     with pytest.raises(ValueError, match=r"FallbackFeed pattern must be an \(n, 2\) pattern"):
-        FallbackFeed(_feed(catalog, 20), np.zeros((4, 3)))
+        FallbackFeed(map_free_feed(20), np.zeros((4, 3)))
     with pytest.raises(ValueError, match="non-finite"):
-        FallbackFeed(_feed(catalog, 20), [[0.0, np.nan]])
+        FallbackFeed(map_free_feed(20), [[0.0, np.nan]])
     with pytest.raises(ValueError, match="ask_timeout"):
-        FallbackFeed(_feed(catalog, 20), PATTERN, ask_timeout=0)
+        FallbackFeed(map_free_feed(20), PATTERN, ask_timeout=0)

@@ -6,9 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from synaps_agent.agent import AgentConfig, Axis, ScanSpace, StoppingRule, make_strategy
-from synaps_agent.callbacks.agent_feed import AgentFeed
-from synaps_agent.callbacks.analysis import DocumentSink
 from synaps_agent.plans.adaptive import adaptive_ptycho_scan
 from synaps_agent.plans.patterns import raster_positions
 from synaps_agent.sim_devices.motors import SimMotor
@@ -31,15 +28,11 @@ def test_stalled_move_fails_with_a_timeout_and_leaves_the_motor_where_it_was():
         motor.stall_between(2.0, 3.0, timeout=0.0)
 
 
-def test_adaptive_scan_goes_on_past_a_stalled_motor(RE, catalog, documents, ptycho_beamline):
+def test_adaptive_scan_goes_on_past_a_stalled_motor(
+    RE, catalog, documents, ptycho_beamline, map_free_feed
+):
     bl = ptycho_beamline
-    space = ScanSpace([Axis(name, -0.5, 0.5, "um") for name in ("x", "y")])
-    agent = make_strategy(
-        "random", space, AgentConfig(probe_fwhm=0.2, max_step=0.1, exposure_time=0.005),
-        stopping=StoppingRule(max_exposures=16), seed=5,
-    )  # fmt: skip
-    feed = AgentFeed(agent, lambda: None, footprint_radius=0.1,
-                     sink=DocumentSink(catalog.writer("processed")))  # fmt: skip
+    feed = map_free_feed(16)
     seeds = raster_positions(-0.4, 0.4, -0.4, 0.4, 0.4)  # x = 0.4 for 3 of the 9 seeds
     bl.stage.x.stall_between(0.3, 0.5, timeout=0.1)  # the stage cannot reach x > 0.3
     try:
@@ -59,7 +52,7 @@ def test_adaptive_scan_goes_on_past_a_stalled_motor(RE, catalog, documents, ptyc
     failures = decisions[-1]["failures"]
     points = np.asarray(failures["point"].read(), dtype=float)
     reasons = [str(r) for r in failures["reason"].read()]
-    assert agent.report()["n_failures"] == len(points) >= 3
+    assert feed.agent.report()["n_failures"] == len(points) >= 3
     assert all("FailedStatus" in r or "Timeout" in r for r in reasons), reasons
     for seed in seeds[seeds[:, 0] > 0.3]:  # the three unreachable seeds
         assert np.min(np.linalg.norm(points - seed, axis=1)) < 1e-9
