@@ -73,6 +73,7 @@ def test_serve_gives_the_stored_runs_over_http_with_its_key(tmp_path):
             )  # fmt: skip
             assert response.status_code in (401, 403), (headers, response.status_code)
         assert "intruder" not in client
+        client.context.close()  # no connection of ours left open while it shuts down
 
         server.send_signal(signal.SIGINT)  # Ctrl-C stops it cleanly
         assert server.wait(60) == 0
