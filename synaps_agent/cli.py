@@ -98,7 +98,36 @@ def main(argv: Sequence[str] | None = None) -> int:
                     time.sleep(1)
             except KeyboardInterrupt:
                 pass
+        _abandon_stray_threads()
     return 0
+
+
+def _abandon_stray_threads(timeout: float = 10.0) -> None:
+    """After the server has stopped: wait at most ``timeout`` s for the threads a library
+    left running (Python waits for every non-daemon thread before it exits), then, if
+    some are still running, name them and their stacks on stderr and exit at once.
+
+    The embedded Tiled server can leave a worker thread blocked after its shutdown has
+    completed; without this, Ctrl-C could leave ``synaps serve`` running indefinitely.
+    """
+    import faulthandler
+    import os
+    import threading
+    import time
+
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(max(deadline - time.monotonic(), 0.0))
+    stray = [t.name for t in threading.enumerate()
+             if t is not threading.current_thread() and not t.daemon and t.is_alive()]  # fmt: skip
+    if stray:
+        print(f"the server stopped; threads still running after {timeout:g} s are left "
+              f"behind: {', '.join(stray)}", file=sys.stderr)  # fmt: skip
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
