@@ -86,10 +86,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("errors:\n  " + "\n  ".join(result["errors"]))
             return 1
     elif args.command == "serve":
+        import signal
         import time
 
         from .catalog import open_catalog
 
+        # Ctrl-C stops the server even when the shell that started it ignores SIGINT (as
+        # a background job's does, and Python then keeps ignoring it); SIGTERM (kill,
+        # systemd, docker stop) stops it the same clean way.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         with open_catalog(args.catalog) as catalog:
             print(f"serving {catalog.directory} at {catalog.uri}")
             print("(loopback only; the API key is in the URL) -- Ctrl-C to stop")
@@ -98,36 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     time.sleep(1)
             except KeyboardInterrupt:
                 pass
-        _abandon_stray_threads()
     return 0
-
-
-def _abandon_stray_threads(timeout: float = 10.0) -> None:
-    """After the server has stopped: wait at most ``timeout`` s for the threads a library
-    left running (Python waits for every non-daemon thread before it exits), then, if
-    some are still running, name them and their stacks on stderr and exit at once.
-
-    The embedded Tiled server can leave a worker thread blocked after its shutdown has
-    completed; without this, Ctrl-C could leave ``synaps serve`` running indefinitely.
-    """
-    import faulthandler
-    import os
-    import threading
-    import time
-
-    deadline = time.monotonic() + timeout
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join(max(deadline - time.monotonic(), 0.0))
-    stray = [t.name for t in threading.enumerate()
-             if t is not threading.current_thread() and not t.daemon and t.is_alive()]  # fmt: skip
-    if stray:
-        print(f"the server stopped; threads still running after {timeout:g} s are left "
-              f"behind: {', '.join(stray)}", file=sys.stderr)  # fmt: skip
-        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
 
 
 if __name__ == "__main__":

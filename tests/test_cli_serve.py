@@ -37,14 +37,21 @@ def _scan_into(directory: Path) -> tuple[str, np.ndarray]:
     return uid, frames
 
 
+def _ignore_sigint() -> None:
+    """What the shell does to a background job: SIGINT ignored, inherited by its children."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.mark.timeout(180)
-def test_serve_gives_the_stored_runs_over_http_with_its_key(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_serve_gives_the_stored_runs_over_http_with_its_key(tmp_path, stop):
     directory = tmp_path / "catalog"
     uid, frames = _scan_into(directory)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     server = subprocess.Popen(
         [sys.executable, "-m", "synaps_agent.cli", "serve", "--catalog", str(directory)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=_ignore_sigint,  # started as from a background job: Ctrl-C works anyway
     )  # fmt: skip
     try:
         output = []
@@ -75,9 +82,8 @@ def test_serve_gives_the_stored_runs_over_http_with_its_key(tmp_path):
         assert "intruder" not in client
         client.context.close()  # no connection of ours left open while it shuts down
 
-        server.send_signal(signal.SIGINT)  # Ctrl-C stops it cleanly
-        rest, _ = server.communicate(timeout=60)
-        assert server.returncode == 0, rest
+        server.send_signal(stop)  # Ctrl-C or kill stops it cleanly
+        assert server.wait(60) == 0
     finally:
         if server.poll() is None:
             server.kill()
@@ -85,19 +91,3 @@ def test_serve_gives_the_stored_runs_over_http_with_its_key(tmp_path):
     # the catalog is intact after the server stopped: it opens again with the same run
     with open_catalog(directory) as catalog:
         assert uid in catalog.raw
-
-
-@pytest.mark.timeout(60)
-def test_a_thread_left_running_after_the_server_stopped_does_not_keep_serve_alive():
-    """Python waits for every non-daemon thread before it exits: one a library leaves
-    blocked would keep ``synaps serve`` running after Ctrl-C. It is named and left."""
-    script = (
-        "import threading, time\n"
-        "from synaps_agent.cli import _abandon_stray_threads\n"
-        "threading.Thread(target=time.sleep, args=(3600,), name='stuck-worker').start()\n"
-        "_abandon_stray_threads(timeout=0.5)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
-                          text=True, timeout=30)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert "stuck-worker" in done.stderr and "left behind" in done.stderr
