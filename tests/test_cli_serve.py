@@ -80,10 +80,11 @@ def test_serve_gives_the_stored_runs_over_http_with_its_key(tmp_path, stop):
             )  # fmt: skip
             assert response.status_code in (401, 403), (headers, response.status_code)
         assert "intruder" not in client
-        client.context.close()  # no connection of ours left open while it shuts down
+        client.context.close()  # the test leaves no socket of its own open
 
         server.send_signal(stop)  # Ctrl-C or kill stops it cleanly
-        assert server.wait(60) == 0
+        rest, _ = server.communicate(timeout=60)
+        assert server.returncode == 0, rest  # what the server printed, if it failed
     finally:
         if server.poll() is None:
             server.kill()
