@@ -76,6 +76,10 @@ def test_live_segmentation_of_a_live_reconstruction(
         config=PtychoConfig(batch_size=16, beta_probe=0.0, seed=1),
         snapshot_interval=1.0,
         final_epochs=80,
+        # the chunk schedule (a raster row per chunk): what is reconstructed, hence the
+        # IoU asserted below, does not depend on the machine's load
+        chunk_frames=11,
+        chunk_iterations=48,
     )
     RE.subscribe(recon)
     # 0.06 um steps (3 px, 70 % overlap) over -0.3..0.3 um: 11 x 11 frames
@@ -116,7 +120,8 @@ def test_live_segmentation_of_a_live_reconstruction(
     assert good.sum() > 400
     iou = mean_iou(labels, truth, mask=good)
     print(f"final mean IoU on well-illuminated pixels: {iou:.3f}")
-    # measured 0.32-0.34 (the forest scores 0.46 on the true transmission here, and
+    # measured 0.331 on this chunk schedule, 0.32-0.34 free-running (the forest scores
+    # 0.46 on the true transmission here, and
     # 0.10-0.16 on the reconstruction without the normalisation or with a wrong crop)
     assert iou > 0.25, f"mean IoU {iou:.3f}"
 
