@@ -193,14 +193,14 @@ class OfflineScoring:
     repeats: int = 1
 
     def __post_init__(self) -> None:
-        if int(self.epochs) < 1:
-            raise ValueError(
-                f"OfflineScoring.epochs must be a positive integer, got {self.epochs!r}"
+        for name in ("epochs", "repeats"):
+            value = getattr(self, name)
+            whole = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+                value, bool
             )
-        if isinstance(self.repeats, bool) or int(self.repeats) != self.repeats or self.repeats < 1:
-            raise ValueError(
-                f"OfflineScoring.repeats must be a positive integer, got {self.repeats!r}"
-            )
+            if not (whole and math.isfinite(value) and int(value) == value and value >= 1):
+                raise ValueError(f"OfflineScoring.{name} must be a positive integer, got {value!r}")
+            object.__setattr__(self, name, int(value))  # frozen: 300.0 is kept as 300
 
 
 @contextmanager

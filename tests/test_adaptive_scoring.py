@@ -87,6 +87,23 @@ def test_fair_curve_with_repeats_is_the_mean_over_engine_seeds(catalog, segmente
             OfflineScoring(repeats=bad)
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("epochs", 0), ("epochs", "300"), ("epochs", 2.5), ("epochs", True),
+     ("repeats", 0), ("repeats", "3"), ("repeats", 1.5), ("repeats", float("nan")),
+     ("repeats", None)],
+)  # fmt: skip
+def test_offline_scoring_names_a_bad_setting(name, value):
+    with pytest.raises(ValueError, match=f"OfflineScoring.{name} must be a positive integer"):
+        OfflineScoring(**{name: value})
+
+
+def test_offline_scoring_takes_whole_numbers_of_any_type():
+    scoring = OfflineScoring(epochs=300.0, repeats=np.int64(3))
+    assert (scoring.epochs, scoring.repeats) == (300, 3)
+    assert type(scoring.epochs) is int and type(scoring.repeats) is int
+
+
 @pytest.mark.slow
 def test_fair_curve_refuses_bad_input(catalog, segmenter, scanned):
     outcomes, _ = scanned
