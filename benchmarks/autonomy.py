@@ -131,6 +131,8 @@ def summarize_case(case: str, outcomes: dict) -> dict[str, Any]:
             margins[name] = {
                 "agent_minus_baseline": diffs,
                 "agent_ahead_at_every_budget": bool(diffs) and all(d > 0 for _, d in diffs),
+                # where the agent is behind by more than the level band (LEVEL)
+                "behind_at": [b for b, d in diffs if d < -LEVEL],
                 "min_margin": min((d for _, d in diffs), default=None),
             }
     return {
@@ -293,14 +295,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )  # fmt: skip
     margin_rows = [
         [case, name, m["min_margin"], m["agent_ahead_at_every_budget"],
-         len(m["agent_minus_baseline"])]
+         ", ".join(map(str, m["behind_at"])) or "-", len(m["agent_minus_baseline"])]
         for case, info in figures["cases"].items()
         for name, m in info["agent_vs_baselines"].items()
     ]  # fmt: skip
     print_table(
         "Agent fair IoU minus baseline fair IoU at common budgets past the seed batch",
         margin_rows,
-        ["case", "baseline", "smallest margin", "ahead at every budget", "budgets"],
+        ["case", "baseline", "smallest margin", "ahead at every budget",
+         f"behind (by > {LEVEL}) at", "budgets"],
     )
     if figures.get("seed_check"):
         print_table(

@@ -60,6 +60,11 @@ def test_autonomy_smoke(tmp_path):
             assert s["exposures"] == max(20, raster["exposures"] // 2)
         seconds = [t for t, _ in s["iou_vs_seconds"]]
         assert 0 < seconds[-1] <= s["simulated_seconds"] + 1e-9
+    for name, m in info["agent_vs_baselines"].items():
+        margins = m["agent_minus_baseline"]
+        assert margins and m["min_margin"] == pytest.approx(min(d for _, d in margins)), name
+        assert m["behind_at"] == [b for b, d in margins if d < -autonomy.LEVEL], name
+        assert m["agent_ahead_at_every_budget"] == all(d > 0 for _, d in margins), name
     # the seed check: the baselines and the agent on a further phantom, margins from
     # their curves, and a summary over the cells that counts each of them once
     (check,) = record["figures"]["seed_check"]
