@@ -361,6 +361,86 @@ def test_first_batch_after_the_seed_lattice_stitches_a_seed_with_every_point(fie
     assert stitched[0.3] == 8 and stitched[0.0] < 8, stitched
 
 
+def seeded_agent(field_seed: int, **kw) -> tuple[ImagingAgent, np.ndarray]:
+    """An agent told the seed lattice (its default spacing) measured on a blob field."""
+    seeds = lattice(np.zeros(2), np.full(2, float(N)), 8.0)
+    agent = ptycho_agent(**kw)
+    u = blob_field(field_seed, k=1)
+    gains = []
+    for p in seeds:
+        u, gain = measure(u, *p)
+        gains.append({"gain": gain})
+    agent.update_prior(u, (0, N, 0, N))
+    agent.tell_many(seeds, gains)
+    return agent, seeds
+
+
+def pairwise_min(points: np.ndarray) -> float:
+    d = np.linalg.norm(points[:, None] - points[None], axis=-1)
+    return float(np.min(d + np.eye(len(points)) * 1e9))
+
+
+@pytest.mark.parametrize("field_seed", [0, 1])
+def test_early_batches_spread_over_the_open_ground(field_seed):
+    """With ``spread_early``, the first batch after the seed lattice keeps its points each
+    pick's share of the unseen ground apart (``sqrt(open area / q)``); without it the
+    travel-cheapest picks tile one patch."""
+    from synaps_agent.agent.candidates import FootprintCoverage
+
+    spread, _ = seeded_agent(field_seed, spread_early=True)
+    coverage = FootprintCoverage(spread.space, 4.7 / 2, spread.gate.measured.points)
+    share = np.sqrt(coverage.open_area() / 8)
+    assert share > 4.7  # room for 8 footprints that do not overlap
+    docs, pts = spread.ask(8)
+    assert len(pts) == 8
+    assert pairwise_min(pts) >= share - 1e-6
+    spacing = docs[0]["candidates"]["batch_spacing"]
+    assert spacing == pytest.approx(share / np.mean(spread.tolerance))
+    plain, _ = seeded_agent(field_seed)
+    docs, pts = plain.ask(8)
+    assert docs[0]["candidates"]["batch_spacing"] == plain.config.batch_min_distance
+    assert pairwise_min(pts) < share / 2
+
+
+def test_the_spread_shrinks_as_the_region_fills():
+    """The batch spacing follows the open ground down to ``batch_min_distance`` once
+    everything has been seen."""
+    agent, _ = seeded_agent(0, spread_early=True)
+    spacings = []
+    for step in (None, 5.0, 2.0):  # the seed lattice, then ever finer lattices measured
+        if step is not None:
+            fill = lattice(np.zeros(2), np.full(2, float(N)), step)
+            agent.tell_many(fill, [{"gain": 0.01}] * len(fill))
+        docs, pts = agent.ask(8)
+        assert len(pts) == 8
+        spacings.append(docs[0]["candidates"]["batch_spacing"])
+        for p in pts:  # measured: the next ask goes on from there
+            agent.tell(p, {"gain": 0.01})
+    assert spacings[0] > spacings[1] > spacings[2] == agent.config.batch_min_distance
+
+
+def test_a_batch_the_candidates_cannot_spread_is_chosen_as_usual():
+    """Too few candidates scored (``max_candidates`` 12) to find 8 each a share of the
+    open ground apart: the whole batch still comes, at ``batch_min_distance``."""
+    agent, _ = seeded_agent(0, spread_early=True, max_candidates=12)
+    docs, pts = agent.ask(8)
+    assert len(pts) == 8 and docs[0]["candidates"]["n_scored"] == 12
+    assert docs[0]["candidates"]["batch_spacing"] == agent.config.batch_min_distance
+
+
+def test_footprint_coverage_open_area_is_the_unseen_part_of_the_region():
+    from synaps_agent.agent.candidates import FootprintCoverage
+
+    space = ptycho_space()
+    empty = FootprintCoverage(space, 4.0, np.zeros((0, 2)))
+    # the cells cover the region (64 x 64) to within a cell's width along each edge
+    assert N**2 <= empty.open_area() <= (N + 2 * empty.cell) ** 2
+    one = FootprintCoverage(space, 4.0, np.array([[32.0, 32.0]]))
+    assert empty.open_area() - one.open_area() == pytest.approx(np.pi * 4.0**2, rel=0.1)
+    one.cover(np.array([[10.0, 10.0]]))
+    assert empty.open_area() - one.open_area() == pytest.approx(2 * np.pi * 4.0**2, rel=0.1)
+
+
 def test_a_batch_spreads_over_fresh_ground():
     """On a flat posterior, the coverage term makes the points of one batch see disjoint
     parts of the region (each pick's footprint counts as seen for the next)."""

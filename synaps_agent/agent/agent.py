@@ -23,7 +23,7 @@ from synaps_agent.agent.candidates import CandidateGenerator, FootprintCoverage
 from synaps_agent.agent.safety import SafetyGate
 from synaps_agent.agent.space import ScanSpace
 from synaps_agent.agent.stopping import StoppingRule, mean_uncertainty
-from synaps_agent.agent.surrogate import GainSurrogate, SurrogateConfig
+from synaps_agent.agent.surrogate import GainSurrogate, Posterior, SurrogateConfig
 
 __all__ = ["STATE_VERSION", "AgentConfig", "ImagingAgent"]
 
@@ -118,6 +118,23 @@ class AgentConfig:
         0.787 against 0.633 / 0.778 / 0.784 / 0.789; on the check seeds 412-414 its
         margins against random fell (mean +0.004 against +0.023), those of P-dense from
         25 % on. Default 0: no stitching. Must be >= 0.
+    spread_early : bool
+        With the coverage term (``probe_fwhm``, a scan space of (x, y)): the points of one
+        batch are kept at least ``sqrt(open area / batch size)`` apart (each pick's share of
+        the part of the region no measurement has seen yet; ``batch_min_distance`` once
+        that is smaller), so the first batches after a seed lattice see the whole sample
+        instead of tiling the corner the travel-cheapest picks start from, and the spacing
+        shrinks as the region fills. A batch the open ground cannot take that far apart is
+        chosen with ``batch_min_distance``. The spacing used is in each decision's
+        ``candidates`` summary (``batch_spacing``, tolerance units). Measured on the
+        ``autonomy`` benchmark (96 px, fair IoU scored over three engine seeds,
+        development seeds 1-3 and 410-414 of both cases, 14 phantoms; agent minus random
+        at 12.5 / 25 / 37.5 / 50 % of raster's exposures): behind (by more than 0.005) on
+        1 / 1 / 3 / 4 phantoms against the default's 3 / 2 / 0 / 1, mean margin +0.030
+        against +0.022; P-sparse 410 at 12.5 % 0.897 against 0.798 (random 0.860). Better
+        for budgets up to a quarter of a raster's exposures, worse beyond (on P-sparse 414
+        the last exposures went along the region's edge, and the reconstruction of all 312
+        lost contrast). Default False.
     surrogate : SurrogateConfig
     """
 
@@ -137,6 +154,7 @@ class AgentConfig:
     coverage_weight: float = 5.0
     coverage_depth: int = 1
     stitch_value: float = 0.0
+    spread_early: bool = False
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
 
     @classmethod
@@ -470,7 +488,30 @@ class ImagingAgent:
         post = sur.posterior(cands)
         best_f = float(np.max(sur.y)) if sur.n else 0.0
         coverage = self._coverage()
-        idx, values, summary = select_batch(
+        spacing = self._batch_spacing(coverage, batch_size)
+        idx, values, summary = self._select(post, cands, batch_size, best_f, coverage, spacing)
+        if spacing > cfg.batch_min_distance and len(idx) < min(batch_size, len(cands)):
+            # the open ground did not take the whole batch that far apart: a batch as usual
+            spacing = float(cfg.batch_min_distance)
+            idx, values, summary = self._select(
+                post, cands, batch_size, best_f, self._coverage(), spacing
+            )
+        summary["batch_spacing"] = spacing
+        return idx, values, (post.mean, post.std), summary
+
+    def _select(
+        self,
+        post: Posterior,
+        cands: np.ndarray,
+        batch_size: int,
+        best_f: float,
+        coverage: FootprintCoverage | None,
+        spacing: float,
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """:func:`select_batch` with this agent's settings, no two picks closer than
+        ``spacing`` (tolerance units)."""
+        cfg = self.config
+        return select_batch(
             post,
             cands,
             batch_size,
@@ -482,11 +523,22 @@ class ImagingAgent:
             start=self.position,
             exposure_time=cfg.exposure_time,
             embedding=lambda c: self.space.scaled_embedding(c, self.tolerance),
-            min_distance=cfg.batch_min_distance,
+            min_distance=spacing,
             coverage=coverage,
             coverage_weight=cfg.coverage_weight,
         )
-        return idx, values, (post.mean, post.std), summary
+
+    def _batch_spacing(self, coverage: FootprintCoverage | None, batch_size: int) -> float:
+        """Minimum distance between the points of one batch (tolerance units):
+        ``batch_min_distance``, or with ``spread_early`` each pick's share of the open
+        ground if that is larger."""
+        cfg = self.config
+        spacing = float(cfg.batch_min_distance)
+        if not (cfg.spread_early and coverage is not None and batch_size > 1):
+            return spacing
+        share = math.sqrt(coverage.open_area() / batch_size)
+        tolerance = float(np.mean(self.tolerance[self.space.spatial_index]))
+        return max(spacing, share / tolerance)
 
     def _coverage(self) -> FootprintCoverage | None:
         """The footprints measured so far, for the coverage term of the acquisition

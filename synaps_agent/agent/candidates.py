@@ -301,6 +301,10 @@ class FootprintCoverage:
             d = np.min(np.linalg.norm(self.lonely[:, None, :] - xy[None], axis=2), axis=1)
             self.lonely = self.lonely[d > self.reach * (1 + 1e-9)]
 
+    def open_area(self) -> float:
+        """Area (stage units squared) of the part of the region nothing has seen yet."""
+        return float(np.count_nonzero(self.counts == 0)) * self.cell**2
+
     def covered_centres(self) -> np.ndarray:
         """Stage coordinates ``(m, 2)`` (spatial columns) of the cells seen at least once."""
         return self.centres[self.covered.ravel()]
