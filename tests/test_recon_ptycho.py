@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from synaps_agent.recon.ptycho import PtychoConfig, PtychoEngine, reconstruct
+from synaps_agent.recon.ptycho import PtychoConfig, PtychoEngine, intensity_centre, reconstruct
 from synaps_agent.sim_devices.optics import gaussian_probe, poisson_counts, ptycho_pattern
 from synaps_agent.sim_devices.phantoms import make_phantom
 
@@ -223,6 +223,85 @@ def test_rpie_converges_wrong_probe_with_refinement(data):
     cfg0 = PtychoConfig(algorithm="rpie", batch_size=64, alpha=0.02, beta_probe=0.0)
     snap0 = reconstruct(frames, pos, guess, epochs=20, config=cfg0)
     assert _phase_error(snap0, obj) > 3 * err
+
+
+def _shifted(probe: np.ndarray, dy: float, dx: float) -> np.ndarray:
+    """``probe`` moved by ``(dy, dx)`` pixels (Fourier shift)."""
+    ky = np.fft.fftfreq(probe.shape[0])[:, None]
+    kx = np.fft.fftfreq(probe.shape[1])[None, :]
+    ramp = np.exp(-2j * np.pi * (ky * dy + kx * dx))
+    return np.fft.ifft2(np.fft.fft2(probe) * ramp).astype(probe.dtype)
+
+
+def _drifted_engine(data, tolerance: float, drift) -> tuple[PtychoEngine, np.ndarray]:
+    """An engine holding the true object and probe, both then moved by ``drift`` pixels
+    (a pair blind ptychography cannot tell from the true one)."""
+    obj, probe, _, _ = data
+    cfg = PtychoConfig(grid_margin=20, center_probe=True, center_probe_tolerance=tolerance)
+    eng = PtychoEngine(N, probe, object_shape=obj.shape, config=cfg)
+    oy, ox = eng.origin
+    eng.object[-oy : -oy + 96, -ox : -ox + 96] = torch.from_numpy(obj)
+    true_object = eng.object.numpy().copy()
+    eng.probe = torch.from_numpy(_shifted(probe, *drift))
+    eng.object = torch.from_numpy(_shifted(true_object, *drift))
+    return eng, true_object
+
+
+def test_center_probe_moves_a_drifted_pair_back(data):
+    _, probe, pos, _ = data
+    eng, true_object = _drifted_engine(data, 0.0, (0.3, -0.7))
+    centre = eng._probe_centre
+    assert np.allclose(centre, N // 2, atol=0.05)  # the guess (the true probe) is centred
+    assert np.allclose(intensity_centre(eng.probe) - centre, [0.3, -0.7], atol=0.02)
+    sel = pos[::29]
+    before = eng.predict(sel)
+    drifted_object = eng.object
+    eng.object = torch.from_numpy(true_object)
+    one_alone = eng.predict(sel)  # the object moved back alone
+    eng.object = drifted_object
+    eng._recentre_probe()
+    assert np.allclose(intensity_centre(eng.probe), centre, atol=1e-3)
+    scale = np.abs(probe).max()
+    np.testing.assert_allclose(eng.probe.numpy(), probe, atol=1e-3 * scale)
+    np.testing.assert_allclose(eng.object.numpy(), true_object, atol=1e-3)
+    # moving both leaves the diffraction patterns they predict as they were (to 0.5 % of
+    # the peak: the object's shift is not periodic within a window); moving one
+    # alone changes them by 3.5 %
+    peak = before.max()
+    assert np.abs(eng.predict(sel) - before).max() < 0.01 * peak
+    assert np.abs(one_alone - before).max() > 0.02 * peak
+
+
+def test_center_probe_acts_only_past_its_tolerance(data):
+    eng, _ = _drifted_engine(data, 0.3, (0.6, 0.45))  # 0.75 px off: back to 0.3 px
+    centre = eng._probe_centre
+    eng._recentre_probe()
+    drift = intensity_centre(eng.probe) - centre
+    assert np.hypot(*drift) == pytest.approx(0.3, abs=0.01)
+    assert drift[1] / drift[0] == pytest.approx(0.45 / 0.6, rel=0.05)  # straight back
+    eng, _ = _drifted_engine(data, 0.3, (0.2, 0.1))  # within the tolerance: untouched
+    probe, obj = eng.probe.clone(), eng.object.clone()
+    eng._recentre_probe()
+    assert torch.equal(eng.probe, probe) and torch.equal(eng.object, obj)
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="center_probe_tolerance"):
+            PtychoConfig(center_probe_tolerance=bad)
+
+
+def test_center_probe_keeps_the_refined_probe_in_place(data):
+    """Refining a wrong probe guess with ``center_probe``: the probe's intensity centre
+    stays within the tolerance of the guess's and the reconstruction converges."""
+    obj, probe, pos, frames = data
+    guess = gaussian_probe(N, PIXEL, 1.2 * FWHM_PX * PIXEL, np.inf, ENERGY, PHOTONS)
+    cfg = PtychoConfig(algorithm="rpie", batch_size=64, alpha=0.02, beta_probe=0.5,
+                       center_probe=True)  # fmt: skip
+    snap = reconstruct(frames, pos, guess, epochs=60, config=cfg)
+    drift = intensity_centre(torch.from_numpy(snap.probe)) - intensity_centre(
+        torch.from_numpy(guess)
+    )
+    assert np.hypot(*drift) <= cfg.center_probe_tolerance + 0.01
+    assert _phase_error(snap, obj) < 0.06
+    assert _probe_overlap(snap.probe, probe) > 0.999
 
 
 def test_lsqml_converges(data):

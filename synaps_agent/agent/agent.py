@@ -134,7 +134,7 @@ class AgentConfig:
         against +0.022; P-sparse 410 at 12.5 % 0.897 against 0.798 (random 0.860). Better
         for budgets up to a quarter of a raster's exposures, worse beyond (on P-sparse 414
         the last exposures went along the region's edge, and the reconstruction of all 312
-        lost contrast). Default False.
+        shows a phase ramp; docs/benchmarks.md, autonomy). Default False.
     surrogate : SurrogateConfig
     """
 
