@@ -338,29 +338,6 @@ def test_footprint_coverage_values_stitching_a_lonely_point_to_the_rest():
         FootprintCoverage(space, 4.0, measured, reach=4.0, stitch_value=-1.0)
 
 
-@pytest.mark.parametrize("field_seed", [0, 1])
-def test_first_batch_after_the_seed_lattice_stitches_a_seed_with_every_point(field_seed):
-    """Seed footprints 4 overlap steps apart overlap none; with ``stitch_value`` every
-    point of the next batch gives a different seed a neighbour, without it the batch
-    clusters around the most uncertain spot and stitches fewer."""
-    seeds = lattice(np.zeros(2), np.full(2, float(N)), 8.0)  # the agent's seed lattice
-    stitched = {}
-    for stitch_value in (0.0, 0.3):
-        agent = ptycho_agent(stitch_value=stitch_value)
-        u = blob_field(field_seed, k=1)
-        gains = []
-        for p in seeds:
-            u, gain = measure(u, *p)
-            gains.append({"gain": gain})
-        agent.update_prior(u, (0, N, 0, N))
-        agent.tell_many(seeds, gains)
-        _, pts = agent.ask(8)
-        assert len(pts) == 8
-        d = np.linalg.norm(seeds[:, None] - pts[None], axis=-1)
-        stitched[stitch_value] = int(np.sum(d.min(axis=1) <= agent.config.max_step + 1e-9))
-    assert stitched[0.3] == 8 and stitched[0.0] < 8, stitched
-
-
 def seeded_agent(field_seed: int, **kw) -> tuple[ImagingAgent, np.ndarray]:
     """An agent told the seed lattice (its default spacing) measured on a blob field."""
     seeds = lattice(np.zeros(2), np.full(2, float(N)), 8.0)
@@ -373,6 +350,21 @@ def seeded_agent(field_seed: int, **kw) -> tuple[ImagingAgent, np.ndarray]:
     agent.update_prior(u, (0, N, 0, N))
     agent.tell_many(seeds, gains)
     return agent, seeds
+
+
+@pytest.mark.parametrize("field_seed", [0, 1])
+def test_first_batch_after_the_seed_lattice_stitches_a_seed_with_every_point(field_seed):
+    """Seed footprints 4 overlap steps apart overlap none; with ``stitch_value`` every
+    point of the next batch gives a different seed a neighbour, without it the batch
+    clusters around the most uncertain spot and stitches fewer."""
+    stitched = {}
+    for stitch_value in (0.0, 0.3):
+        agent, seeds = seeded_agent(field_seed, stitch_value=stitch_value)
+        _, pts = agent.ask(8)
+        assert len(pts) == 8
+        d = np.linalg.norm(seeds[:, None] - pts[None], axis=-1)
+        stitched[stitch_value] = int(np.sum(d.min(axis=1) <= agent.config.max_step + 1e-9))
+    assert stitched[0.3] == 8 and stitched[0.0] < 8, stitched
 
 
 def pairwise_min(points: np.ndarray) -> float:
