@@ -124,7 +124,7 @@ class AgentConfig:
         the part of the region no measurement has seen yet; ``batch_min_distance`` once
         that is smaller), so the first batches after a seed lattice see the whole sample
         instead of tiling the corner the travel-cheapest picks start from, and the spacing
-        shrinks as the region fills. A batch the open ground cannot take that far apart is
+        shrinks as the region fills. A batch the candidates cannot spread that far is
         chosen with ``batch_min_distance``. The spacing used is in each decision's
         ``candidates`` summary (``batch_spacing``, tolerance units). Measured on the
         ``autonomy`` benchmark (96 px, fair IoU scored over three engine seeds,
@@ -491,7 +491,7 @@ class ImagingAgent:
         spacing = self._batch_spacing(coverage, batch_size)
         idx, values, summary = self._select(post, cands, batch_size, best_f, coverage, spacing)
         if spacing > cfg.batch_min_distance and len(idx) < min(batch_size, len(cands)):
-            # the open ground did not take the whole batch that far apart: a batch as usual
+            # the candidates could not spread the whole batch that far: a batch as usual
             spacing = float(cfg.batch_min_distance)
             idx, values, summary = self._select(
                 post, cands, batch_size, best_f, self._coverage(), spacing
