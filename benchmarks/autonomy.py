@@ -9,7 +9,8 @@ same coarse seed lattice and get ``budget_fraction`` of raster's exposures.
 
 Score (fair): each strategy's stored frames, at the budgets of the seed lattice, every
 eighth of raster's exposures up to a half, and all of them, reconstructed offline with
-one fixed engine (seed, initial probe, ``scoring_epochs``, one torch thread; with
+one fixed engine (LSQ-ML with the probe held at the run's probe, seed, ``scoring_epochs``,
+one torch thread; with
 ``--score-repeats N`` the mean over engine seeds 0 .. N-1), segmented
 with the same segmenter and scored against the phantom's ground truth (mean IoU over the
 region) (:func:`synaps_agent.experiment.offline_iou_curve`): IoU against exposures and against
@@ -326,7 +327,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )  # fmt: skip
     notes = [
         "Fair IoU: the first N stored frames of each run reconstructed offline with a fixed "
-        "engine (seed 0, the run's initial probe, scoring_epochs, one torch thread; the mean "
+        "engine (LSQ-ML, the probe held at the run's probe, seed 0, scoring_epochs, one torch "
+        "thread; the mean "
         "over engine seeds 0 .. scoring_repeats - 1), "
         "segmented, mean IoU over phases against the phantom's labels over the scanned "
         "region less a margin. Live IoU: the last stored live segmentation snapshot.",
