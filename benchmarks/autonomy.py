@@ -25,7 +25,10 @@ Seed check (``--check-seeds``): on further phantoms of each case (other seeds, a
 outside development) random, greedy and the agent scan (no raster), fairly scored the
 same way; the tables give the agent's fair IoU minus each baseline's at each common
 budget past the seed lattice, seed by seed, and over all of them (mean, smallest, how
-many ahead), so one phantom's luck does not decide the comparison.
+many ahead), so one phantom's luck does not decide the comparison. With ``--score-repeats``
+of 2 or more each margin carries its standard error from the spread of the scores over
+engine seeds, and a margin below ``-LEVEL`` and below twice its standard error counts as
+behind by more than the score's own noise.
 
     python -m benchmarks.autonomy [--smoke] [--out DIR] [--cases P-sparse P-dense]
                                   [--check-seeds 412 413 414] [--score-repeats 3]
@@ -62,8 +65,9 @@ def summarize_seed_check(checks: list[dict[str, Any]]) -> dict[str, dict[str, An
     """Over every check phantom and budget: the agent's margins against each baseline.
 
     Returns, per baseline, the number of (phantom, budget) cells, how many the agent is
-    ahead in (margin > ``LEVEL``), level in (``|margin| <= LEVEL``) and behind in, and the
-    mean and smallest margin.
+    ahead in (margin > ``LEVEL``), level in (``|margin| <= LEVEL``) and behind in, how
+    many of those it is behind by more than the score's own noise (see
+    :func:`behind_beyond_noise`), and the mean and smallest margin.
     """
     summary = {}
     for name in BASELINES:
@@ -75,14 +79,51 @@ def summarize_seed_check(checks: list[dict[str, Any]]) -> dict[str, dict[str, An
             "ahead": int(np.sum(margins > LEVEL)),
             "level": int(np.sum(np.abs(margins) <= LEVEL)),
             "behind": int(np.sum(margins < -LEVEL)),
+            "behind_beyond_noise": sum(
+                len(behind_beyond_noise(c[f"agent_minus_{name}"], c[f"agent_minus_{name}_error"]))
+                for c in checks
+            ),
             "mean": float(np.mean(margins)),
             "min": float(np.min(margins)),
         }
     return summary
 
 
-def iou_at(curve: list[tuple[float, float]], budget: float) -> float | None:
-    """The IoU of the latest snapshot taken at or before ``budget`` (a step function)."""
+def margin_errors(
+    agent_scores: list, baseline_scores: list, budgets: list[int]
+) -> list[tuple[int, float | None]]:
+    """Standard error of the agent's mean fair IoU minus a baseline's at each budget, from
+    the spread of each one's IoU over the scoring engine seeds
+    (:func:`synaps_agent.experiment.offline_iou_scores`); ``None`` where either has fewer
+    than two seeds."""
+    errors = []
+    for b in budgets:
+        mine, theirs = iou_at(agent_scores, b), iou_at(baseline_scores, b)
+        if mine is None or theirs is None or min(len(mine), len(theirs)) < 2:
+            errors.append((b, None))
+            continue
+        variance = sum(np.var(v, ddof=1) / len(v) for v in (mine, theirs))
+        errors.append((b, float(np.sqrt(variance))))
+    return errors
+
+
+def behind_beyond_noise(margins: list, errors: list) -> list[int]:
+    """Budgets where the agent is behind by more than ``LEVEL`` and by more than twice the
+    margin's standard error (``errors``, from :func:`margin_errors`): behind by more than
+    the engine seeds of the score disagree."""
+    error_at = dict((int(b), e) for b, e in errors)
+    return [
+        int(b) for b, d in margins if d < -max(LEVEL, 2 * (error_at.get(int(b)) or 0.0))
+    ]
+
+
+def _margin_text(budget: int, margin: float, error: float | None) -> str:
+    return f"{budget}: {margin:+.3f}" + ("" if error is None else f" ± {error:.3f}")
+
+
+def iou_at(curve: list[tuple[float, Any]], budget: float) -> Any:
+    """The IoU (or IoUs) of the latest snapshot taken at or before ``budget`` (a step
+    function)."""
     values = [iou for n, iou in curve if n <= budget]
     return values[-1] if values else None
 
@@ -112,6 +153,7 @@ def summarize_case(case: str, outcomes: dict) -> dict[str, Any]:
             "simulated_seconds": out.simulated_seconds,
             "final_iou": out.final_iou,
             "iou_vs_exposures": out.fair_curve,
+            "iou_of_each_engine_seed": out.fair_scores,
             "iou_vs_seconds": out.time_curve(),
             "fraction_of_raster_to_reach": None
             if raster is None
@@ -129,11 +171,16 @@ def summarize_case(case: str, outcomes: dict) -> dict[str, Any]:
             if name == "agent":
                 continue
             diffs = margins_against(agent.fair_curve, outcomes[name].fair_curve)
+            errors = margin_errors(
+                agent.fair_scores, outcomes[name].fair_scores, [b for b, _ in diffs]
+            )
             margins[name] = {
                 "agent_minus_baseline": diffs,
+                "standard_error": errors,
                 "agent_ahead_at_every_budget": bool(diffs) and all(d > 0 for _, d in diffs),
                 # where the agent is behind by more than the level band (LEVEL)
                 "behind_at": [b for b, d in diffs if d < -LEVEL],
+                "behind_beyond_noise_at": behind_beyond_noise(diffs, errors),
                 "min_margin": min((d for _, d in diffs), default=None),
             }
     return {
@@ -268,13 +315,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     )  # fmt: skip
                     check = {"case": case, "seed": seed}
                     check.update({name: run.fair_curve for name, run in runs.items()})
+                    check.update(
+                        {f"{name}_engine_seeds": run.fair_scores for name, run in runs.items()}
+                    )
                     check["simulated_seconds"] = {
                         name: run.simulated_seconds for name, run in runs.items()
                     }
                     for name in BASELINES:
-                        check[f"agent_minus_{name}"] = margins_against(
-                            runs["agent"].fair_curve, runs[name].fair_curve
-                        )
+                        diffs = margins_against(runs["agent"].fair_curve, runs[name].fair_curve)
+                        check[f"agent_minus_{name}"] = diffs
+                        check[f"agent_minus_{name}_error"] = margin_errors(
+                            runs["agent"].fair_scores, runs[name].fair_scores,
+                            [b for b, _ in diffs],
+                        )  # fmt: skip
                     figures.setdefault("seed_check", []).append(check)
             if figures.get("seed_check"):
                 figures["seed_check_summary"] = summarize_seed_check(figures["seed_check"])
@@ -296,7 +349,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )  # fmt: skip
     margin_rows = [
         [case, name, m["min_margin"], m["agent_ahead_at_every_budget"],
-         ", ".join(map(str, m["behind_at"])) or "-", len(m["agent_minus_baseline"])]
+         ", ".join(map(str, m["behind_at"])) or "-",
+         ", ".join(map(str, m["behind_beyond_noise_at"])) or "-", len(m["agent_minus_baseline"])]
         for case, info in figures["cases"].items()
         for name, m in info["agent_vs_baselines"].items()
     ]  # fmt: skip
@@ -304,14 +358,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "Agent fair IoU minus baseline fair IoU at common budgets past the seed batch",
         margin_rows,
         ["case", "baseline", "smallest margin", "ahead at every budget",
-         f"behind (by > {LEVEL}) at", "budgets"],
+         f"behind (by > {LEVEL}) at", "behind by > 2 standard errors at", "budgets"],
     )
     if figures.get("seed_check"):
         print_table(
             "Seed check: agent fair IoU minus each baseline's at each budget past the seed "
             "lattice",
             [[c["case"], c["seed"],
-              *(", ".join(f"{b}: {d:+.3f}" for b, d in c[f"agent_minus_{name}"])
+              *(", ".join(_margin_text(b, d, e) for (b, d), (_, e)
+                          in zip(c[f"agent_minus_{name}"], c[f"agent_minus_{name}_error"],
+                                 strict=True))
                 for name in BASELINES),
               c["simulated_seconds"]["agent"] / c["simulated_seconds"]["random"]]
              for c in figures["seed_check"]],
@@ -320,18 +376,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )  # fmt: skip
         print_table(
             "Seed check over all seeds and budgets",
-            [[name, m["cells"], m["ahead"], m["level"], m["behind"], m["mean"], m["min"]]
+            [[name, m["cells"], m["ahead"], m["level"], m["behind"], m["behind_beyond_noise"],
+              m["mean"], m["min"]]
              for name, m in figures["seed_check_summary"].items()],
-            ["baseline", "cells", "ahead", f"level (within {LEVEL})", "behind", "mean margin",
-             "smallest margin"],
+            ["baseline", "cells", "ahead", f"level (within {LEVEL})", "behind",
+             "behind by > 2 standard errors", "mean margin", "smallest margin"],
         )  # fmt: skip
     notes = [
         "Fair IoU: the first N stored frames of each run reconstructed offline with a fixed "
         "engine (LSQ-ML, the probe held at the run's probe, seed 0, scoring_epochs, one torch "
         "thread; the mean "
-        "over engine seeds 0 .. scoring_repeats - 1), "
+        "over engine seeds 0 .. scoring_repeats - 1, each seed's IoU kept as "
+        "iou_of_each_engine_seed), "
         "segmented, mean IoU over phases against the phantom's labels over the scanned "
         "region less a margin. Live IoU: the last stored live segmentation snapshot.",
+        "Standard error of a margin (scoring_repeats >= 2): from the spread of the agent's "
+        "and the baseline's fair IoU over the engine seeds; 'behind by > 2 standard errors' "
+        f"also needs the margin below -{LEVEL}.",
         "Simulated time: the beamline's clock (trapezoid moves with settle time, exposure "
         "time) at each event, not the computer's wall time.",
         "The live curves depend on how far the live reconstruction got (the machine's "

@@ -45,6 +45,7 @@ __all__ = [
     "OfflineScoring",
     "default_segmenter",
     "offline_iou_curve",
+    "offline_iou_scores",
     "particle_diameters_um",
     "run_adaptive_comparison",
     "run_strategies",
@@ -64,6 +65,8 @@ class ScanOutcome:
     curve: list[tuple[int, float]] = field(default_factory=list)  # (frames, mean IoU)
     #: (exposures, mean IoU) of the offline reconstruction of the stored frames
     fair_curve: list[tuple[int, float]] = field(default_factory=list)
+    #: (exposures, [IoU of each engine seed]) behind ``fair_curve``'s means
+    fair_scores: list[tuple[int, list[float]]] = field(default_factory=list)
     final_labels: np.ndarray | None = None
     final_uncertainty: np.ndarray | None = None
     final_origin: tuple[int, int] = (0, 0)
@@ -239,16 +242,45 @@ def offline_iou_curve(
     budgets: Sequence[int],
     scoring: OfflineScoring | None = None,
 ) -> list[tuple[int, float]]:
-    """Mean IoU against ground truth of offline reconstructions of a run's stored frames.
+    """Mean IoU against ground truth of offline reconstructions of a run's stored frames:
+    the mean over engine seeds of :func:`offline_iou_scores` (same parameters).
+
+    Returns
+    -------
+    list of (int, float)
+        ``[(exposures, mean IoU), ...]`` in increasing exposures, ending at all of them.
+    """
+    scores = offline_iou_scores(catalog, raw_uid, phantom, roi_pixels, segmenter, budgets, scoring)
+    return mean_curve(scores)
+
+
+def mean_curve(scores: Sequence[tuple[int, Sequence[float]]]) -> list[tuple[int, float]]:
+    """``[(exposures, mean of the seeds' IoUs), ...]`` of :func:`offline_iou_scores`'s
+    ``[(exposures, [IoU, ...]), ...]``."""
+    return [(int(n), float(np.mean(ious))) for n, ious in scores]
+
+
+def offline_iou_scores(
+    catalog,
+    raw_uid: str,
+    phantom,
+    roi_pixels: tuple[slice, slice],
+    segmenter: Segmenter,
+    budgets: Sequence[int],
+    scoring: OfflineScoring | None = None,
+) -> list[tuple[int, list[float]]]:
+    """IoU against ground truth of offline reconstructions of a run's stored frames, one
+    per engine seed of ``scoring``.
 
     For each budget ``n`` (and for all of the run's exposures) the first ``n`` stored
     frames, at their read-back positions, are reconstructed from scratch with the fixed
-    engine of ``scoring`` (same seed, same initial probe from the run's metadata, same
-    epochs, one torch thread; with ``scoring.repeats`` the mean over that many engine
-    seeds), in the pixel frame of the region the run planned;
-    segmented like the live snapshots (:func:`normalize_reconstruction`, coverage
-    saturated at one probe's peak); and scored over ``roi_pixels`` of the phantom frame.
-    The result depends only on the stored frames, not on the machine's load.
+    engine of ``scoring`` (same initial probe from the run's metadata, same epochs, one
+    torch thread; once with each of the ``scoring.repeats`` engine seeds), in the pixel
+    frame of the region the run planned; segmented like the live snapshots
+    (:func:`normalize_reconstruction`, coverage saturated at one probe's peak); and
+    scored over ``roi_pixels`` of the phantom frame.
+    The result depends only on the stored frames, not on the machine's load; the spread
+    of one budget's IoUs over engine seeds is the score's own uncertainty.
 
     Parameters
     ----------
@@ -269,8 +301,9 @@ def offline_iou_curve(
 
     Returns
     -------
-    list of (int, float)
-        ``[(exposures, mean IoU), ...]`` in increasing exposures, ending at all of them.
+    list of (int, list of float)
+        ``[(exposures, [IoU of engine seed scoring.seed, scoring.seed + 1, ...]), ...]``
+        in increasing exposures, ending at all of them.
     """
     scoring = scoring or OfflineScoring()
     if any(int(b) < 1 for b in budgets):
@@ -292,7 +325,7 @@ def offline_iou_curve(
         PtychoConfig(**{**vars(scoring.config), "seed": int(scoring.seed) + k})
         for k in range(int(scoring.repeats))
     ]
-    curve = []
+    scores = []
     with _torch_threads(1):
         for n in counts:
             keep = usable[:n]
@@ -303,8 +336,8 @@ def offline_iou_curve(
                              int(scoring.epochs), segmenter, phantom, roi_pixels)
                 for config in configs
             ]  # fmt: skip
-            curve.append((n, float(np.mean(ious))))
-    return curve
+            scores.append((n, [float(v) for v in ious]))
+    return scores
 
 
 def _offline_iou(
@@ -534,9 +567,10 @@ def run_strategies(
         if strategy != "raster":
             outcome.stale_maps = len(feed.stale_decisions)
         if scoring is not None:
-            outcome.fair_curve = offline_iou_curve(
+            outcome.fair_scores = offline_iou_scores(
                 catalog, uid, phantom, roi_px, segmenter, fair_budgets, scoring
             )
+            outcome.fair_curve = mean_curve(outcome.fair_scores)
             log(f"{strategy}: fair IoU {[(n, round(v, 3)) for n, v in outcome.fair_curve]}")
         outcomes[strategy] = outcome
     return outcomes

@@ -14,6 +14,7 @@ from synaps_agent.experiment import (
     OfflineScoring,
     default_segmenter,
     offline_iou_curve,
+    offline_iou_scores,
     run_strategies,
 )
 from synaps_agent.sim_devices.phantoms import make_phantom
@@ -82,6 +83,10 @@ def test_fair_curve_with_repeats_is_the_mean_over_engine_seeds(catalog, segmente
     for n, iou in mean:
         assert iou == pytest.approx((per_seed[0][n] + per_seed[1][n]) / 2, abs=1e-12)
     assert per_seed[0] == dict(random.fair_curve[-2:])  # seed 0 alone: the run's own score
+    # each seed's IoU is kept, in seed order: the score's own spread
+    scores = offline_iou_scores(*args, OfflineScoring(epochs=scoring.epochs, repeats=2))
+    assert scores == [(n, [per_seed[0][n], per_seed[1][n]]) for n in budgets]
+    assert random.fair_scores[-2:] == [(n, [per_seed[0][n]]) for n in budgets]
     for bad in (0, 1.5, True):
         with pytest.raises(ValueError, match="repeats"):
             OfflineScoring(repeats=bad)

@@ -31,10 +31,25 @@ def test_curve_helpers():
     assert autonomy.fraction_to_reach(curve, 0.8, 80) is None
 
 
+def test_margin_errors_and_behind_beyond_noise():
+    agent = [(49, [0.5, 0.5]), (78, [0.60, 0.64]), (156, [0.80, 0.80, 0.80])]
+    baseline = [(49, [0.5, 0.5]), (78, [0.70, 0.70]), (156, [0.81])]
+    errors = autonomy.margin_errors(agent, baseline, [78, 100, 156])
+    # at 78 the agent's seeds differ (0.02 standard error of the mean), the baseline's
+    # agree; the step function carries 78 to 100; one baseline seed at 156: no error
+    assert errors[0] == (78, pytest.approx(np.std([0.60, 0.64], ddof=1) / np.sqrt(2)))
+    assert errors[1] == (100, errors[0][1]) and errors[2] == (156, None)
+    margins = [(78, -0.08), (100, -0.03), (156, -0.01)]
+    # -0.08 is beyond 2 x 0.02; -0.03 is not; -0.01 is beyond LEVEL with no error known
+    assert autonomy.behind_beyond_noise(margins, errors) == [78, 156]
+    assert autonomy.behind_beyond_noise([(156, -0.004)], errors) == []  # within LEVEL
+
+
 @pytest.mark.timeout(240)
 def test_autonomy_smoke(tmp_path):
     result = autonomy.main(
-        ["--smoke", "--out", str(tmp_path), "--quiet", "--check-seeds", "431"]
+        ["--smoke", "--out", str(tmp_path), "--quiet", "--check-seeds", "431",
+         "--score-repeats", "2"]
     )
     record = json.loads(Path(result["path"]).read_text())
     assert record["benchmark"] == "autonomy" and record["params"]["smoke"] is True
@@ -55,6 +70,10 @@ def test_autonomy_smoke(tmp_path):
         assert s["live_iou_vs_exposures"] and 0.0 < s["live_final_iou"] <= 1.0, name
         assert 0.0 < s["coverage"]["covered_fraction"] <= 1.0, name
         assert s["iou_vs_exposures"] and len(s["iou_vs_seconds"]) == len(s["iou_vs_exposures"])
+        # the fair IoU is the mean of two engine seeds' scores, both kept
+        for (n, mean), (m, seeds) in zip(s["iou_vs_exposures"], s["iou_of_each_engine_seed"],
+                                         strict=True):
+            assert n == m and len(seeds) == 2 and mean == pytest.approx(np.mean(seeds)), name
         # the adaptive strategies got half of raster's exposures, on the same clock
         if name != "raster":
             assert s["exposures"] == max(20, raster["exposures"] // 2)
@@ -64,6 +83,13 @@ def test_autonomy_smoke(tmp_path):
         margins = m["agent_minus_baseline"]
         assert margins and m["min_margin"] == pytest.approx(min(d for _, d in margins)), name
         assert m["behind_at"] == [b for b, d in margins if d < -autonomy.LEVEL], name
+        errors = autonomy.margin_errors(
+            strategies["agent"]["iou_of_each_engine_seed"],
+            strategies[name]["iou_of_each_engine_seed"], [b for b, _ in margins],
+        )  # fmt: skip
+        assert m["standard_error"] == [list(e) for e in errors], name
+        assert all(e is not None and e >= 0 for _, e in errors), name
+        assert set(m["behind_beyond_noise_at"]) <= set(m["behind_at"]), name
         assert m["agent_ahead_at_every_budget"] == all(d > 0 for _, d in margins), name
     # the seed check: the baselines and the agent on a further phantom, margins from
     # their curves, and a summary over the cells that counts each of them once
@@ -81,6 +107,10 @@ def test_autonomy_smoke(tmp_path):
             assert margin == pytest.approx(agent_curve[budget] - baseline_curve[budget])
         m = summary[name]
         assert m["cells"] == len(margins) == m["ahead"] + m["level"] + m["behind"]
+        errors = check[f"agent_minus_{name}_error"]
+        assert [b for b, _ in errors] == [b for b, _ in margins]
+        assert m["behind_beyond_noise"] == len(autonomy.behind_beyond_noise(margins, errors))
+        assert m["behind_beyond_noise"] <= m["behind"]
         assert m["min"] == pytest.approx(min(d for _, d in margins))
         assert m["mean"] == pytest.approx(np.mean([d for _, d in margins]))
 
