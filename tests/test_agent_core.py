@@ -359,7 +359,7 @@ def test_first_batch_after_the_seed_lattice_stitches_a_seed_with_every_point(fie
     clusters around the most uncertain spot and stitches fewer."""
     stitched = {}
     for stitch_value in (0.0, 0.3):
-        agent, seeds = seeded_agent(field_seed, stitch_value=stitch_value)
+        agent, seeds = seeded_agent(field_seed, stitch_value=stitch_value, spread_early=False)
         _, pts = agent.ask(8)
         assert len(pts) == 8
         d = np.linalg.norm(seeds[:, None] - pts[None], axis=-1)
@@ -388,7 +388,7 @@ def test_early_batches_spread_over_the_open_ground(field_seed):
     assert pairwise_min(pts) >= share - 1e-6
     spacing = docs[0]["candidates"]["batch_spacing"]
     assert spacing == pytest.approx(share / np.mean(spread.tolerance))
-    plain, _ = seeded_agent(field_seed)
+    plain, _ = seeded_agent(field_seed, spread_early=False)
     docs, pts = plain.ask(8)
     assert docs[0]["candidates"]["batch_spacing"] == plain.config.batch_min_distance
     assert pairwise_min(pts) < share / 2

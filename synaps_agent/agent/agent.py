@@ -127,14 +127,16 @@ class AgentConfig:
         shrinks as the region fills. A batch the candidates cannot spread that far is
         chosen with ``batch_min_distance``. The spacing used is in each decision's
         ``candidates`` summary (``batch_spacing``, tolerance units). Measured on the
-        ``autonomy`` benchmark (96 px, fair IoU scored over three engine seeds,
-        development seeds 1-3 and 410-414 of both cases, 14 phantoms; agent minus random
-        at 12.5 / 25 / 37.5 / 50 % of raster's exposures): behind (by more than 0.005) on
-        1 / 1 / 3 / 4 phantoms against the default's 3 / 2 / 0 / 1, mean margin +0.030
-        against +0.022; P-sparse 410 at 12.5 % 0.897 against 0.798 (random 0.860). Better
-        for budgets up to a quarter of a raster's exposures, worse beyond (on P-sparse 414
-        the last exposures went along the region's edge, and the reconstruction of all 312
-        shows a phase ramp; docs/benchmarks.md, autonomy). Default False.
+        ``autonomy`` benchmark (96 px; fair IoU with the probe held, three engine seeds;
+        development seeds 1-3 and 410-414 of both cases, 14 phantoms; the agent's fair IoU
+        minus random's and greedy's at 12.5 / 25 / 37.5 / 50 % of raster's exposures, 56
+        cells each): against random, mean margin +0.028 (off: +0.016), behind by more
+        than 0.005 in 7 cells (off: 7), by at most 0.011 (off: 0.033); against greedy
+        +0.033 (off: +0.020), 9 cells (off: 6), by at most 0.027 (off: 0.108). At 12.5 %
+        its mean lead over random is +0.101 (off: +0.054). Scored with the earlier
+        refined-probe rPIE scorer, whose engine seeds disagreed by up to 0.2, it had
+        looked worse than off at 37.5-50 % (docs/benchmarks.md, autonomy). Default True;
+        False lets the travel-cheapest picks of a batch tile one patch.
     surrogate : SurrogateConfig
     """
 
@@ -154,7 +156,7 @@ class AgentConfig:
     coverage_weight: float = 5.0
     coverage_depth: int = 1
     stitch_value: float = 0.0
-    spread_early: bool = False
+    spread_early: bool = True
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
 
     @classmethod
