@@ -44,6 +44,7 @@ __all__ = [
     "ScanOutcome",
     "OfflineScoring",
     "default_segmenter",
+    "mean_curve",
     "offline_iou_curve",
     "offline_iou_scores",
     "particle_diameters_um",
@@ -193,7 +194,8 @@ class OfflineScoring:
         adaptive P-dense 413 scan are within 0.012 of each other from 156 exposures on
         (at 78, 12.5 % of raster's, they still differ by up to 0.1: few frames leave the
         object underdetermined; docs/benchmarks.md, autonomy). A real beamline's scan,
-        whose probe is not known, is scored with ``PtychoConfig(beta_probe=None)``.
+        whose probe is not known, is scored with the probe refined, e.g. the earlier
+        ``PtychoConfig(batch_size=16)``.
     repeats : int
         Reconstructions per budget, with engine seeds ``seed``, ``seed + 1``, ...; the
         score is their mean IoU. One engine seed's score of the same frames moved by up
