@@ -315,9 +315,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     )  # fmt: skip
                     check = {"case": case, "seed": seed}
                     check.update({name: run.fair_curve for name, run in runs.items()})
-                    check.update(
-                        {f"{name}_engine_seeds": run.fair_scores for name, run in runs.items()}
-                    )
+                    check.update({f"{name}_iou_of_each_engine_seed": run.fair_scores
+                                  for name, run in runs.items()})  # fmt: skip
                     check["simulated_seconds"] = {
                         name: run.simulated_seconds for name, run in runs.items()
                     }

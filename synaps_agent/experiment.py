@@ -199,8 +199,10 @@ class OfflineScoring:
     repeats : int
         Reconstructions per budget, with engine seeds ``seed``, ``seed + 1``, ...; the
         score is their mean IoU. One engine seed's score of the same frames moved by up
-        to 0.07 at 12.5 % of raster's exposures on the 96 px cases (docs/benchmarks.md,
-        autonomy), more than most margins between strategies.
+        to 0.07 at 12.5 % of raster's exposures on the 96 px cases with the earlier
+        refined-probe scorer; with the held probe up to 0.1 there, within 0.012 from 25 %
+        on (docs/benchmarks.md, autonomy): at 12.5 % more than most margins between
+        strategies.
     """
 
     epochs: int = 100

@@ -109,6 +109,12 @@ def test_autonomy_smoke(tmp_path):
         assert m["cells"] == len(margins) == m["ahead"] + m["level"] + m["behind"]
         errors = check[f"agent_minus_{name}_error"]
         assert [b for b, _ in errors] == [b for b, _ in margins]
+        # the errors come from the kept engine seeds' scores, whose means are the curve
+        seeds = check[f"{name}_iou_of_each_engine_seed"]
+        assert [n for n, _ in seeds] == [n for n, _ in check[name]]
+        assert [np.mean(v) for _, v in seeds] == pytest.approx([iou for _, iou in check[name]])
+        assert [list(e) for e in errors] == [list(e) for e in autonomy.margin_errors(
+            check["agent_iou_of_each_engine_seed"], seeds, [b for b, _ in margins])]
         assert m["behind_beyond_noise"] == len(autonomy.behind_beyond_noise(margins, errors))
         assert m["behind_beyond_noise"] <= m["behind"]
         assert m["min"] == pytest.approx(min(d for _, d in margins))

@@ -771,11 +771,8 @@ class PtychoEngine:
 
     def _fourier_shift(self, a: torch.Tensor, shift: np.ndarray) -> torch.Tensor:
         """``a`` moved by ``-shift`` pixels ``(rows, cols)`` (periodic, sub-pixel)."""
-        ny, nx = a.shape
-        ky = torch.fft.fftfreq(ny, device=self.device, dtype=self.rdtype)[:, None]
-        kx = torch.fft.fftfreq(nx, device=self.device, dtype=self.rdtype)[None, :]
-        ramp = torch.exp(2j * math.pi * (ky * float(shift[0]) + kx * float(shift[1])))
-        return torch.fft.ifft2(torch.fft.fft2(a) * ramp.to(a.dtype))
+        back = torch.tensor([[-float(shift[0]), -float(shift[1])]], device=a.device)
+        return torch.fft.ifft2(torch.fft.fft2(a) * _fft_ramp(tuple(a.shape), back, a.dtype)[0])
 
     def _scatter(self, flat: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         assert self.object is not None
