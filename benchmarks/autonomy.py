@@ -30,6 +30,12 @@ of 2 or more each margin carries its standard error from the spread of the score
 engine seeds, and a margin below ``-LEVEL`` and below twice its standard error counts as
 behind by more than the score's own noise.
 
+The segmenter's ceiling: the IoU the same segmenter gets on the phantom's true object
+over the same region (:func:`synaps_agent.experiment.segmentation_ceiling`), what a
+perfect reconstruction would score. Where both scans of a margin score at least the
+ceiling less ``LEVEL``, neither can be beaten by a better choice of positions (the
+segmenter, not the scan, limits them): such cells are counted apart ("at the ceiling").
+
     python -m benchmarks.autonomy [--smoke] [--out DIR] [--cases P-sparse P-dense]
                                   [--check-seeds 412 413 414] [--score-repeats 3]
 """
@@ -67,7 +73,9 @@ def summarize_seed_check(checks: list[dict[str, Any]]) -> dict[str, dict[str, An
     Returns, per baseline, the number of (phantom, budget) cells, how many the agent is
     ahead in (margin > ``LEVEL``), level in (``|margin| <= LEVEL``) and behind in, how
     many of those it is behind by more than the score's own noise (see
-    :func:`behind_beyond_noise`), and the mean and smallest margin.
+    :func:`behind_beyond_noise`), how many of the behind cells are at the segmenter's
+    ceiling (:func:`at_ceiling`, both scans as good as the true object), how many are
+    behind beyond the noise below the ceiling, and the mean and smallest margin.
     """
     summary = {}
     for name in BASELINES:
@@ -79,14 +87,40 @@ def summarize_seed_check(checks: list[dict[str, Any]]) -> dict[str, dict[str, An
             "ahead": int(np.sum(margins > LEVEL)),
             "level": int(np.sum(np.abs(margins) <= LEVEL)),
             "behind": int(np.sum(margins < -LEVEL)),
-            "behind_beyond_noise": sum(
-                len(behind_beyond_noise(c[f"agent_minus_{name}"], c[f"agent_minus_{name}_error"]))
+            "behind_beyond_noise": sum(len(_beyond_noise(c, name)) for c in checks),
+            "behind_at_ceiling": sum(
+                len({b for b, d in c[f"agent_minus_{name}"] if d < -LEVEL}
+                    & set(c[f"agent_and_{name}_at_ceiling"]))
+                for c in checks
+            ),  # fmt: skip
+            "behind_beyond_noise_below_ceiling": sum(
+                len(set(_beyond_noise(c, name)) - set(c[f"agent_and_{name}_at_ceiling"]))
                 for c in checks
             ),
             "mean": float(np.mean(margins)),
             "min": float(np.min(margins)),
         }
     return summary
+
+
+def at_ceiling(
+    agent_curve: list, baseline_curve: list, budgets: list[int], ceiling: float
+) -> list[int]:
+    """Budgets where the agent's fair IoU and the baseline's are both at least the
+    segmenter's ``ceiling`` less ``LEVEL``: as good as segmenting the true object, where
+    no choice of scan positions can do better (none when the ceiling is not a number)."""
+    if not np.isfinite(ceiling):
+        return []
+    floor = ceiling - LEVEL
+    return [
+        int(b) for b in budgets
+        if all(v is not None and v >= floor
+               for v in (iou_at(agent_curve, b), iou_at(baseline_curve, b)))
+    ]  # fmt: skip
+
+
+def _beyond_noise(check: dict[str, Any], name: str) -> list[int]:
+    return behind_beyond_noise(check[f"agent_minus_{name}"], check[f"agent_minus_{name}_error"])
 
 
 def margin_errors(
@@ -145,6 +179,7 @@ def summarize_case(case: str, outcomes: dict) -> dict[str, Any]:
     seed batch."""
     raster = outcomes.get("raster")
     target = None if raster is None else raster.final_iou - TOLERANCE
+    ceiling = next(iter(outcomes.values())).ceiling_iou
     strategies: dict[str, Any] = {}
     for name, out in outcomes.items():
         strategies[name] = {
@@ -171,9 +206,9 @@ def summarize_case(case: str, outcomes: dict) -> dict[str, Any]:
             if name == "agent":
                 continue
             diffs = margins_against(agent.fair_curve, outcomes[name].fair_curve)
-            errors = margin_errors(
-                agent.fair_scores, outcomes[name].fair_scores, [b for b, _ in diffs]
-            )
+            budgets = [b for b, _ in diffs]
+            errors = margin_errors(agent.fair_scores, outcomes[name].fair_scores, budgets)
+            ceiling_at = at_ceiling(agent.fair_curve, outcomes[name].fair_curve, budgets, ceiling)
             margins[name] = {
                 "agent_minus_baseline": diffs,
                 "standard_error": errors,
@@ -181,11 +216,14 @@ def summarize_case(case: str, outcomes: dict) -> dict[str, Any]:
                 # where the agent is behind by more than the level band (LEVEL)
                 "behind_at": [b for b, d in diffs if d < -LEVEL],
                 "behind_beyond_noise_at": behind_beyond_noise(diffs, errors),
+                # where both are as good as the segmenter on the true object
+                "at_ceiling_at": ceiling_at,
                 "min_margin": min((d for _, d in diffs), default=None),
             }
     return {
         "raster_final_iou": None if raster is None else raster.final_iou,
         "target_iou": target,
+        "ceiling_iou": ceiling,
         "strategies": strategies,
         "agent_vs_baselines": margins,
     }
@@ -242,6 +280,9 @@ def plot(figures: dict[str, Any], path: Path) -> Path:
                               strict=True):  # fmt: skip
             if info["target_iou"] is not None:
                 ax.axhline(info["target_iou"], color="grey", ls=":", label="raster final - 0.02")
+            if np.isfinite(info.get("ceiling_iou", float("nan"))):
+                ax.axhline(info["ceiling_iou"], color="grey", ls="--",
+                           label="segmenter on the true object")  # fmt: skip
             ax.set_xlabel(xlabel)
             ax.set_ylabel("mean IoU vs ground truth (dotted: live)")
             ax.set_title(case)
@@ -317,6 +358,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     check.update({name: run.fair_curve for name, run in runs.items()})
                     check.update({f"{name}_iou_of_each_engine_seed": run.fair_scores
                                   for name, run in runs.items()})  # fmt: skip
+                    check["ceiling_iou"] = runs["agent"].ceiling_iou
                     check["simulated_seconds"] = {
                         name: run.simulated_seconds for name, run in runs.items()
                     }
@@ -326,6 +368,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         check[f"agent_minus_{name}_error"] = margin_errors(
                             runs["agent"].fair_scores, runs[name].fair_scores,
                             [b for b, _ in diffs],
+                        )  # fmt: skip
+                        check[f"agent_and_{name}_at_ceiling"] = at_ceiling(
+                            runs["agent"].fair_curve, runs[name].fair_curve,
+                            [b for b, _ in diffs], check["ceiling_iou"],
                         )  # fmt: skip
                     figures.setdefault("seed_check", []).append(check)
             if figures.get("seed_check"):
@@ -338,18 +384,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name, s in info["strategies"].items():
             rows.append([case, name, s["exposures"], s["simulated_seconds"], s["final_iou"],
                          s["live_final_iou"], s["coverage"]["covered_fraction"],
-                         s["fraction_of_raster_to_reach"]])  # fmt: skip
+                         s["fraction_of_raster_to_reach"], info["ceiling_iou"]])  # fmt: skip
     print_table(
         f"Autonomy: fair final mean IoU (live IoU secondary), coverage, and fraction of "
         f"raster's exposures to reach raster's final IoU - {TOLERANCE}",
         rows,
         ["case", "strategy", "exposures", "simulated s", "fair IoU", "live IoU", "covered",
-         "fraction to reach"],
+         "fraction to reach", "segmenter's ceiling"],
     )  # fmt: skip
     margin_rows = [
         [case, name, m["min_margin"], m["agent_ahead_at_every_budget"],
          ", ".join(map(str, m["behind_at"])) or "-",
-         ", ".join(map(str, m["behind_beyond_noise_at"])) or "-", len(m["agent_minus_baseline"])]
+         ", ".join(map(str, m["behind_beyond_noise_at"])) or "-",
+         ", ".join(map(str, m["at_ceiling_at"])) or "-", len(m["agent_minus_baseline"])]
         for case, info in figures["cases"].items()
         for name, m in info["agent_vs_baselines"].items()
     ]  # fmt: skip
@@ -357,8 +404,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "Agent fair IoU minus baseline fair IoU at common budgets past the seed batch",
         margin_rows,
         ["case", "baseline", "smallest margin", "ahead at every budget",
-         f"behind (by > {LEVEL}) at", "behind by > 2 standard errors at", "budgets"],
-    )
+         f"behind (by > {LEVEL}) at", "behind by > 2 standard errors at",
+         "both at the segmenter's ceiling at", "budgets"],
+    )  # fmt: skip
     if figures.get("seed_check"):
         print_table(
             "Seed check: agent fair IoU minus each baseline's at each budget past the seed "
@@ -368,18 +416,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           in zip(c[f"agent_minus_{name}"], c[f"agent_minus_{name}_error"],
                                  strict=True))
                 for name in BASELINES),
+              c["ceiling_iou"],
               c["simulated_seconds"]["agent"] / c["simulated_seconds"]["random"]]
              for c in figures["seed_check"]],
             ["case", "seed", *(f"vs {name}" for name in BASELINES),
-             "agent / random beam time"],
+             "segmenter's ceiling", "agent / random beam time"],
         )  # fmt: skip
         print_table(
             "Seed check over all seeds and budgets",
             [[name, m["cells"], m["ahead"], m["level"], m["behind"], m["behind_beyond_noise"],
+              m["behind_at_ceiling"], m["behind_beyond_noise_below_ceiling"],
               m["mean"], m["min"]]
              for name, m in figures["seed_check_summary"].items()],
             ["baseline", "cells", "ahead", f"level (within {LEVEL})", "behind",
-             "behind by > 2 standard errors", "mean margin", "smallest margin"],
+             "behind by > 2 standard errors", "behind, both at the ceiling",
+             "behind by > 2 standard errors below the ceiling", "mean margin",
+             "smallest margin"],
         )  # fmt: skip
     notes = [
         "Fair IoU: the first N stored frames of each run reconstructed offline with a fixed "
@@ -392,6 +444,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "Standard error of a margin (scoring_repeats >= 2): from the spread of the agent's "
         "and the baseline's fair IoU over the engine seeds; 'behind by > 2 standard errors' "
         f"also needs the margin below -{LEVEL}.",
+        "Segmenter's ceiling (ceiling_iou): the same segmenter's mean IoU on the phantom's "
+        "true transmission over the same region, what a perfect reconstruction scores; at "
+        f"a budget where both scans score at least the ceiling - {LEVEL} (at_ceiling_at, "
+        "agent_and_<baseline>_at_ceiling) the segmenter, not the choice of positions, "
+        "limits them.",
         "Simulated time: the beamline's clock (trapezoid moves with settle time, exposure "
         "time) at each event, not the computer's wall time.",
         "The live curves depend on how far the live reconstruction got (the machine's "

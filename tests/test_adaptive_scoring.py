@@ -7,6 +7,8 @@ strategies at equal budgets.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,7 @@ from synaps_agent.experiment import (
     offline_iou_curve,
     offline_iou_scores,
     run_strategies,
+    segmentation_ceiling,
 )
 from synaps_agent.sim_devices.phantoms import make_phantom
 
@@ -90,6 +93,46 @@ def test_fair_curve_with_repeats_is_the_mean_over_engine_seeds(catalog, segmente
     for bad in (0, 1.5, True):
         with pytest.raises(ValueError, match="repeats"):
             OfflineScoring(repeats=bad)
+
+
+class _FixedLabels:
+    """A segmenter that answers with given labels whatever the image."""
+
+    num_classes = 4
+
+    def __init__(self, labels: np.ndarray) -> None:
+        self.labels = labels
+
+    def segment(self, image, coverage=None):
+        assert image.shape == self.labels.shape  # it was given the phantom's whole object
+        return SimpleNamespace(labels=self.labels)
+
+
+def test_segmentation_ceiling_scores_the_true_object_over_the_region():
+    phantom = make_phantom(CASE, SEED, size=SIZE)
+    labels = np.asarray(phantom.labels)
+    # the true labels score 1 over the region; shifted by two pixels they do not, and
+    # neither does a segmentation that sees background everywhere
+    assert segmentation_ceiling(phantom, _FixedLabels(labels), _roi()) == 1.0
+    shifted = segmentation_ceiling(phantom, _FixedLabels(np.roll(labels, 2, axis=1)), _roi())
+    assert 0.3 < shifted < 0.95
+    assert segmentation_ceiling(phantom, _FixedLabels(np.zeros_like(labels)), _roi()) < 0.5
+    # a wrong label outside the region does not count
+    outside = labels.copy()
+    outside[: _roi()[0].start] = (outside[: _roi()[0].start] + 1) % 4
+    assert segmentation_ceiling(phantom, _FixedLabels(outside), _roi()) == 1.0
+
+
+@pytest.mark.slow
+def test_outcomes_carry_the_segmenters_ceiling(segmenter, scanned):
+    outcomes, _ = scanned
+    phantom = make_phantom(CASE, SEED, size=SIZE)
+    ceiling = segmentation_ceiling(phantom, segmenter, _roi())
+    assert all(o.ceiling_iou == ceiling for o in outcomes.values())
+    # the shipped segmenter on the true object is good, and a full raster's reconstruction
+    # segments about as well as the true object (its slight blur may score a little above)
+    assert ceiling > 0.75
+    assert abs(outcomes["raster"].final_iou - ceiling) < 0.1
 
 
 @pytest.mark.parametrize(

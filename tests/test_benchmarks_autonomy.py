@@ -45,6 +45,17 @@ def test_margin_errors_and_behind_beyond_noise():
     assert autonomy.behind_beyond_noise([(156, -0.004)], errors) == []  # within LEVEL
 
 
+def test_at_ceiling_needs_both_scans_at_the_segmenters_ceiling():
+    agent = [(49, 0.5), (78, 0.80), (156, 0.90)]
+    baseline = [(49, 0.5), (78, 0.90), (156, 0.897)]
+    # at 78 only the baseline is at 0.9 - LEVEL or above; from 156 on both are (the
+    # step function carries 156 to 200); nothing is at a ceiling that is not a number
+    assert autonomy.at_ceiling(agent, baseline, [78, 156, 200], 0.9) == [156, 200]
+    assert autonomy.at_ceiling(agent, baseline, [78, 156], 0.95) == []
+    assert autonomy.at_ceiling(agent, baseline, [78, 156], float("nan")) == []
+    assert autonomy.at_ceiling(agent, baseline, [40], 0.1) == []  # before either curve
+
+
 @pytest.mark.timeout(240)
 def test_autonomy_smoke(tmp_path):
     result = autonomy.main(
@@ -62,6 +73,7 @@ def test_autonomy_smoke(tmp_path):
     raster = strategies["raster"]
     assert info["target_iou"] == pytest.approx(raster["final_iou"] - autonomy.TOLERANCE)
     assert raster["fraction_of_raster_to_reach"] == 1.0  # raster reaches its own final IoU
+    assert 0.0 < info["ceiling_iou"] <= 1.0  # the segmenter on the true object
     for name, s in strategies.items():
         assert 0.0 < s["final_iou"] <= 1.0, name
         # the fair curve (offline reconstructions of the stored frames) ends at all of the
@@ -90,6 +102,10 @@ def test_autonomy_smoke(tmp_path):
         assert m["standard_error"] == [list(e) for e in errors], name
         assert all(e is not None and e >= 0 for _, e in errors), name
         assert set(m["behind_beyond_noise_at"]) <= set(m["behind_at"]), name
+        assert m["at_ceiling_at"] == autonomy.at_ceiling(
+            strategies["agent"]["iou_vs_exposures"], strategies[name]["iou_vs_exposures"],
+            [b for b, _ in margins], info["ceiling_iou"],
+        ), name  # fmt: skip
         assert m["agent_ahead_at_every_budget"] == all(d > 0 for _, d in margins), name
     # the seed check: the baselines and the agent on a further phantom, margins from
     # their curves, and a summary over the cells that counts each of them once
@@ -117,6 +133,13 @@ def test_autonomy_smoke(tmp_path):
             check["agent_iou_of_each_engine_seed"], seeds, [b for b, _ in margins])]
         assert m["behind_beyond_noise"] == len(autonomy.behind_beyond_noise(margins, errors))
         assert m["behind_beyond_noise"] <= m["behind"]
+        ceiling_at = check[f"agent_and_{name}_at_ceiling"]
+        assert ceiling_at == autonomy.at_ceiling(
+            check["agent"], check[name], [b for b, _ in margins], check["ceiling_iou"])
+        behind = {b for b, d in margins if d < -autonomy.LEVEL}
+        assert m["behind_at_ceiling"] == len(behind & set(ceiling_at))
+        assert m["behind_beyond_noise_below_ceiling"] == len(
+            set(autonomy.behind_beyond_noise(margins, errors)) - set(ceiling_at))
         assert m["min"] == pytest.approx(min(d for _, d in margins))
         assert m["mean"] == pytest.approx(np.mean([d for _, d in margins]))
 
