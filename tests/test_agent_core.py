@@ -153,6 +153,32 @@ def test_cost_aware_prefers_nearer_of_equally_informative_points():
     assert np.linalg.norm(pts[0] - [50, 12]) < 1.5
 
 
+def test_point_overhead_weighs_value_against_travel_and_runs_the_clock():
+    space = ptycho_space()
+    # a near point worth 1 and a far one worth 2: with the 0.5 s exposure alone the far
+    # one's travel makes it the worse buy, with 2 s per point besides it the better one
+    cands = np.array([[2.0, 0.0], [60.0, 60.0]])
+    post = Posterior(np.array([1.0, 2.0]), np.full(2, 1e-6), 1e-3, None, None, None, None, 1.0)
+    travel = space.travel_time(np.zeros(2), cands)
+    assert travel[1] > 1.0 > travel[0]
+    picks = {}
+    for overhead in (0.0, 2.0):
+        cfg = AgentConfig(probe_fwhm=4.7, exposure_time=0.5, point_overhead=overhead)
+        assert cfg.time_per_point == 0.5 + overhead
+        idx, _, _ = select_batch(post, cands, 1, space=space, start=[0.0, 0.0],
+                                 exposure_time=cfg.time_per_point)  # fmt: skip
+        picks[overhead] = int(idx[0])
+    assert picks == {0.0: 0, 2.0: 1}
+    # the agent's clock charges travel, exposure and overhead for each point it is told of
+    agent = ImagingAgent(
+        space, AgentConfig(probe_fwhm=4.7, exposure_time=0.5, point_overhead=0.3),
+        start_position={"x": 0, "y": 0},
+    )  # fmt: skip
+    agent.tell([10.0, 0.0], {"gain": 1.0})
+    expected = space.travel_time(np.zeros(2), np.array([[10.0, 0.0]]))[0] + 0.5 + 0.3
+    assert agent.elapsed_time == pytest.approx(expected)
+
+
 def test_agent_removes_more_uncertainty_than_random_and_raster():
     n_meas = 40
     gains = {"agent": [], "random": [], "raster": []}
@@ -467,4 +493,8 @@ def test_agent_refuses_bad_settings():
             ptycho_agent(stitch_value=bad)
     with pytest.raises(ValueError, match="acquisition"):
         ptycho_agent(acquisition="greedy")
+    for name in ("point_overhead", "exposure_time"):
+        for bad in (-0.1, float("nan"), float("inf"), True, "0.1"):
+            with pytest.raises(ValueError, match=f"{name} must be a finite number >= 0"):
+                ImagingAgent(ptycho_space(), AgentConfig(probe_fwhm=4.7, **{name: bad}))
     assert ptycho_agent(coverage_weight=0.0).config.coverage_weight == 0.0

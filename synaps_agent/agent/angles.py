@@ -315,7 +315,7 @@ class CoverageAgent(ImagingAgent):
         scores = acq
         if cfg.cost_aware and self.position is not None:
             travel = self.space.travel_time(self.position, cands)
-            scores = information_per_second(acq, travel, cfg.exposure_time)
+            scores = information_per_second(acq, travel, cfg.time_per_point)
         measured = self.gate.measured.points[:, 0]
         apart = self.config.batch_min_distance * float(self.tolerance[0])
         idx = spread_views(scores, cands[:, 0], measured, batch_size, period=self.period,
