@@ -33,8 +33,9 @@ behind by more than the score's own noise.
 The segmenter's ceiling: the IoU the same segmenter gets on the phantom's true object
 over the same region (:func:`synaps_agent.experiment.segmentation_ceiling`), what a
 perfect reconstruction would score. Where both scans of a margin score at least the
-ceiling less ``LEVEL``, neither can be beaten by a better choice of positions (the
-segmenter, not the scan, limits them): such cells are counted apart ("at the ceiling").
+ceiling less ``LEVEL``, the segmenter, not the choice of positions, limits them (a
+reconstruction's blur can score up to about 0.01 above the ceiling): such cells are
+counted apart ("at the ceiling").
 
     python -m benchmarks.autonomy [--smoke] [--out DIR] [--cases P-sparse P-dense]
                                   [--check-seeds 412 413 414] [--score-repeats 3]
@@ -108,7 +109,8 @@ def at_ceiling(
 ) -> list[int]:
     """Budgets where the agent's fair IoU and the baseline's are both at least the
     segmenter's ``ceiling`` less ``LEVEL``: as good as segmenting the true object, where
-    no choice of scan positions can do better (none when the ceiling is not a number)."""
+    the segmenter rather than the scan limits the score (none when the ceiling is not a
+    number)."""
     if not np.isfinite(ceiling):
         return []
     floor = ceiling - LEVEL

@@ -383,10 +383,11 @@ def segmentation_ceiling(
 ) -> float:
     """Mean IoU of ``segmenter`` on the phantom's true transmission over ``roi_pixels``.
 
-    What a perfect reconstruction would score: no scan, however chosen, makes the
-    segmenter better than this (a reconstruction's slight blur can score a little above
-    it). On the 96 px ``autonomy`` phantoms with the shipped U-Net: P-sparse 410 0.917,
-    P-dense 411 0.792, where raster's final fair IoU is 0.929 and 0.789.
+    What a perfect reconstruction would score: scans that reach it are limited by the
+    segmenter, not by where they measured. A reconstruction's slight blur can score up
+    to about 0.01 above it (greedy's dense scans of the uncertain spots of P-sparse 2 and
+    3 did). On the 96 px ``autonomy`` phantoms with the shipped U-Net: P-sparse 410
+    0.917, P-dense 411 0.792, where raster's final fair IoU is 0.929 and 0.789.
 
     Parameters
     ----------
