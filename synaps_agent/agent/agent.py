@@ -62,7 +62,11 @@ class AgentConfig:
         (+0.101); beam time for 312 exposures 73.9 s (72.6 s). Its worst cell, P-sparse
         412 at 25 % (-0.088 against random), is one where the scorer's engine seeds
         disagree (0.890, 0.767, 0.775). With the cost left out (``cost_aware=False``) the
-        agent's IoU was about as good but its beam time 106 s. Default 0.15.
+        agent's IoU was about as good but its beam time 106 s. In the recorded
+        benchmark run with it (docs/benchmarks.md, autonomy, 2026-12-06 15:09) P-sparse
+        410 reached raster's final IoU - 0.02 at 25 % of raster's exposures, not 12.5 %
+        as with 0: single cells move by up to 0.02 with any change of the scan path.
+        Default 0.15.
     probe_fwhm : float or None
         Probe footprint FWHM in spatial units (prior integration, default spacings).
     max_step : float or None
