@@ -65,9 +65,8 @@ class ScanOutcome:
     simulated_seconds: float
     positions: np.ndarray
     curve: list[tuple[int, float]] = field(default_factory=list)  # (frames, mean IoU)
-    #: (exposures, mean IoU) of the offline reconstruction of the stored frames
-    fair_curve: list[tuple[int, float]] = field(default_factory=list)
-    #: (exposures, [IoU of each engine seed]) behind ``fair_curve``'s means
+    #: (exposures, [IoU of each engine seed]) of the offline reconstructions of the
+    #: stored frames (:func:`offline_iou_scores`); ``fair_curve`` is their mean
     fair_scores: list[tuple[int, list[float]]] = field(default_factory=list)
     final_labels: np.ndarray | None = None
     final_uncertainty: np.ndarray | None = None
@@ -81,6 +80,11 @@ class ScanOutcome:
     stale_maps: int = 0
     #: the segmenter's IoU on the phantom's true object (:func:`segmentation_ceiling`)
     ceiling_iou: float = float("nan")
+
+    @property
+    def fair_curve(self) -> list[tuple[int, float]]:
+        """``[(exposures, mean IoU over the engine seeds), ...]`` of ``fair_scores``."""
+        return mean_curve(self.fair_scores)
 
     @property
     def final_iou(self) -> float:
@@ -610,7 +614,6 @@ def run_strategies(
             outcome.fair_scores = offline_iou_scores(
                 catalog, uid, phantom, roi_px, segmenter, fair_budgets, scoring
             )
-            outcome.fair_curve = mean_curve(outcome.fair_scores)
             log(f"{strategy}: fair IoU {[(n, round(v, 3)) for n, v in outcome.fair_curve]}")
         outcomes[strategy] = outcome
     return outcomes
