@@ -53,7 +53,14 @@ from typing import Any
 import numpy as np
 
 from benchmarks._common import base_parser, print_table, results_dir, torch_threads, write_result
-from synaps_agent.agent import AgentConfig, Axis, ImagingAgent, ScanSpace, StoppingRule
+from synaps_agent.agent import (
+    AgentConfig,
+    Axis,
+    ImagingAgent,
+    ScanSpace,
+    StoppingRule,
+    timing_from_detector,
+)
 from synaps_agent.agent.angles import CoverageAgent, angular_gaps
 from synaps_agent.callbacks.agent_feed import AgentFeed
 from synaps_agent.callbacks.segmentation import cylinder_mask
@@ -287,6 +294,7 @@ def _adaptive(
             # another in a batch): a view that close adds almost nothing
             tolerance={"theta": p["min_spacing"] * 180.0 / budget},
             batch_min_distance=1.0,
+            **timing_from_detector(bl.proj_det),
         ),
         stopping=StoppingRule(max_exposures=10 * budget),  # the plan's budget stops it
         seed=SEEDS["agent"],

@@ -40,7 +40,13 @@ from typing import Any
 import numpy as np
 
 from benchmarks._common import base_parser, print_table, torch_threads, write_result
-from synaps_agent.agent import AgentConfig, ImagingAgent, ScanSpace, StoppingRule
+from synaps_agent.agent import (
+    AgentConfig,
+    ImagingAgent,
+    ScanSpace,
+    StoppingRule,
+    timing_from_detector,
+)
 from synaps_agent.callbacks.agent_feed import AgentFeed
 from synaps_agent.callbacks.analysis import DocumentSink
 from synaps_agent.callbacks.ptycho import PtychoReconstruction
@@ -207,7 +213,7 @@ def adaptive_run(
         AgentConfig(
             probe_fwhm=p["probe_fwhm_px"] * pixel_um,
             max_step=1.3 * setup["step"],
-            exposure_time=bl.ptycho_det.exposure_time.get(),
+            **timing_from_detector(bl.ptycho_det),
         ),
         stopping=StoppingRule(max_exposures=budget),
         seed=SEEDS["agent"],

@@ -37,9 +37,16 @@ class SimAreaDetector(SimDevice):
 
     Subclasses implement :meth:`expected_frame` (the noise-free frame) and
     :meth:`frame_shape`.
+
+    Each trigger charges the beamline's clock ``exposure_time`` (kind ``"exposure"``)
+    and then ``readout_time`` (kind ``"readout"``): the dead time a step scan spends per
+    point besides exposing and moving (readout, triggering, writing). The agent's cost
+    model reads both (:func:`synaps_agent.agent.timing_from_detector`), so its clock and
+    the simulated one agree.
     """
 
     exposure_time = Cpt(Signal, value=0.01, kind="config")
+    readout_time = Cpt(Signal, value=0.15, kind="config")
     total_counts = Cpt(Signal, value=0, kind="normal")
 
     def __init__(
@@ -53,9 +60,15 @@ class SimAreaDetector(SimDevice):
         shutter: Shutter | None = None,
         clock: SimClock | None = None,
         seed: int = 0,
+        readout_time: float = 0.15,
         **kwargs,
     ) -> None:
         super().__init__(name=name, **kwargs)
+        if not np.isfinite(readout_time) or readout_time < 0:
+            raise ValueError(
+                f"{name}: readout_time must be a finite number >= 0 s, got {readout_time}"
+            )
+        self.readout_time.put(float(readout_time))
         self.stage_device = stage
         self.sample = sample
         self.beam = beam if beam is not None else Beam(fluctuation=0.0)
@@ -124,7 +137,8 @@ class SimAreaDetector(SimDevice):
         return self.noisy_frame(expected)
 
     def trigger(self) -> DeviceStatus:
-        """Expose, append the frame to the file; finishes after the (scaled) exposure time."""
+        """Expose, append the frame to the file; finishes after the (scaled) exposure and
+        readout time."""
         if self._writer is None or not self._writer.is_open:
             raise RuntimeError(f"{self.name}: trigger() before stage(); use it inside a plan")
         status = DeviceStatus(self)
@@ -133,6 +147,7 @@ class SimAreaDetector(SimDevice):
             self._writer.append(frame)
             self.total_counts.put(int(frame.sum(dtype=np.int64)))
         wall = self.clock.charge(float(self.exposure_time.get()), "exposure")
+        wall += self.clock.charge(float(self.readout_time.get()), "readout")
         if wall <= 0:
             status.set_finished()
         else:

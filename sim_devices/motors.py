@@ -51,6 +51,12 @@ class SimClock:
     processes that take time (a beam coming back after a dump) are scheduled on it with
     :meth:`call_at` and happen when the charged time reaches them.
 
+    Moves of different motors charged one after another, with nothing else charged in
+    between, run together (a plan's ``mv(x, a, y, b)``): the clock advances to the end of
+    the longest, as the motors would. (Separate ``mv(x, a)``, ``mv(y, b)`` with nothing
+    charged between them are counted as together too: the clock cannot see the plan's
+    wait.)
+
     Attributes
     ----------
     time_scale : float
@@ -65,14 +71,27 @@ class SimClock:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _alarms: list = field(default_factory=list, repr=False)  # heap of (due, n, alarm)
     _order: itertools.count = field(default_factory=itertools.count, repr=False)
+    _movers: set = field(default_factory=set, repr=False)  # motors moving together
+    _motion_start: float = field(default=0.0, repr=False)
 
-    def charge(self, seconds: float, kind: str) -> float:
+    def charge(self, seconds: float, kind: str, *, mover: object | None = None) -> float:
         """Add ``seconds`` of simulated time of the given kind; return the wall time to sleep.
 
-        Alarms that fall due are called (in due order, on the caller's thread) before
-        it returns.
+        A move (``kind="move"``) that ``mover`` charges right after other motors' moves
+        overlaps them (see the class description): the clock advances only by what it
+        adds to the longest. Alarms that fall due are called (in due order, on the
+        caller's thread) before it returns.
         """
+        wall = seconds * self.time_scale
         with self._lock:
+            if kind == "move" and mover is not None:
+                if not self._movers or mover in self._movers:  # a new motion begins
+                    self._movers.clear()
+                    self._motion_start = self.elapsed
+                self._movers.add(mover)
+                seconds = max(0.0, self._motion_start + seconds - self.elapsed)
+            else:
+                self._movers.clear()
             self.elapsed += seconds
             self.by_kind[kind] = self.by_kind.get(kind, 0.0) + seconds
             due = []
@@ -80,7 +99,7 @@ class SimClock:
                 due.append(heapq.heappop(self._alarms)[2])
         for alarm in due:
             alarm.callback()
-        return seconds * self.time_scale
+        return wall
 
     def call_at(self, due: float, callback: Callable[[], None]) -> ClockAlarm:
         """Call ``callback()`` once the simulated time reaches ``due`` seconds.
@@ -112,6 +131,7 @@ class SimClock:
                 self._alarms[index] = (alarm.due, n, alarm)
             self.elapsed = 0.0
             self.by_kind.clear()
+            self._movers.clear()
 
 
 def trapezoid_move_time(distance: float, velocity: float, acceleration_time: float) -> float:
@@ -298,7 +318,7 @@ class SimMotor(SimDevice):
             return MoveStatus(self, target, timeout=stall[2])  # never finished: times out
         start = self.position
         duration = self.move_time(target)
-        wall = self.clock.charge(duration, "move")
+        wall = self.clock.charge(duration, "move", mover=self)
         self.user_setpoint.put(target)
         status = MoveStatus(self, target)
         if wall <= 0:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from bluesky import RunEngine
 
-from .agent import AgentConfig, Axis, ScanSpace, StoppingRule, make_strategy
+from .agent import AgentConfig, Axis, ScanSpace, StoppingRule, make_strategy, timing_from_detector
 from .callbacks.agent_feed import AgentFeed
 from .callbacks.analysis import DocumentSink
 from .callbacks.ptycho import PtychoGeometry, PtychoReconstruction, place_in_frame
@@ -576,7 +576,7 @@ def run_strategies(
                 AgentConfig(**{
                     "probe_fwhm": 10 * pixel_um,
                     "max_step": 1.3 * step,
-                    "exposure_time": bl.ptycho_det.exposure_time.get(),
+                    **timing_from_detector(bl.ptycho_det),
                     **(agent_options or {}),
                 }),  # fmt: skip
                 stopping=StoppingRule(max_exposures=budget),

@@ -636,7 +636,9 @@ def make_agent_feed(
         ``acceleration``, ``settle_time`` when they have them) set the travel costs.
     ptycho_detector : device
         Its ``geometry()`` gives the probe size (``probe.fwhm_m``); its
-        ``exposure_time``, if any, the dwell.
+        ``exposure_time`` and ``readout_time``, if any, the time a point costs
+        (:func:`~synaps_agent.agent.timing_from_detector`; else 1 s and the
+        config's default overhead).
     segmentation : LiveSegmentation
         Provides ``uncertainty_for_agent``.
     x_limits, y_limits : (low, high)
@@ -652,7 +654,14 @@ def make_agent_feed(
     -------
     AgentFeed
     """
-    from .agent import AgentConfig, Axis, ImagingAgent, ScanSpace, StoppingRule
+    from .agent import (
+        AgentConfig,
+        Axis,
+        ImagingAgent,
+        ScanSpace,
+        StoppingRule,
+        timing_from_detector,
+    )
     from .callbacks.agent_feed import AgentFeed
 
     def kinematics(motor) -> dict[str, float]:
@@ -665,7 +674,6 @@ def make_agent_feed(
         return found
 
     probe_um = float(ptycho_detector.geometry()["probe"]["fwhm_m"]) * 1e6
-    exposure = getattr(ptycho_detector, "exposure_time", None)
     axes = [
         Axis(name, float(limits[0]), float(limits[1]), "um", **kinematics(motor))
         for name, motor, limits in (("x", stage.x, x_limits), ("y", stage.y, y_limits))
@@ -675,7 +683,7 @@ def make_agent_feed(
         AgentConfig(
             probe_fwhm=probe_um,
             max_step=0.4 * probe_um,
-            exposure_time=1.0 if exposure is None else float(exposure.get()),
+            **{"exposure_time": 1.0, **timing_from_detector(ptycho_detector)},
         ),
         stopping=StoppingRule(max_exposures=max_exposures),
         seed=seed,

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from synaps_agent.agent import AgentConfig, Axis, ImagingAgent, ScanSpace, StoppingRule
+from synaps_agent.agent import (
+    AgentConfig,
+    Axis,
+    ImagingAgent,
+    ScanSpace,
+    StoppingRule,
+    make_strategy,
+    timing_from_detector,
+)
 from synaps_agent.callbacks.agent_feed import AgentFeed, footprint_mean
 from synaps_agent.callbacks.analysis import DocumentSink
 from synaps_agent.callbacks.ptycho import PtychoReconstruction
@@ -36,6 +44,38 @@ def test_footprint_mean_reads_the_right_pixels():
     assert footprint_mean(umap, (0, 20, 0, 10), (15.5, 2.5), 0.4) == 1.0
     assert footprint_mean(umap, (0, 20, 0, 10), (4.5, 2.5), 0.4) == 0.0
     assert footprint_mean(umap, (0, 20, 0, 10), (50, 50), 0.4) == 1.0  # off the map
+
+
+def test_the_agents_clock_keeps_the_beamlines_time(RE, catalog, ptycho_beamline):
+    """An agent built from the devices (the motors' kinematics, the detector's exposure
+    and readout) charges what the simulated beamline spends, seeds included, diagonal
+    moves as long as their longer axis: so a time budget means beamline seconds."""
+    bl = ptycho_beamline
+    motors = {"x": bl.stage.x, "y": bl.stage.y}
+    space = ScanSpace([
+        Axis(name, -0.5, 0.5, "um", velocity=m.velocity.get(),
+             acceleration_time=m.acceleration.get(), settle_time=m.settle_time.get())
+        for name, m in motors.items()
+    ])  # fmt: skip
+    agent = make_strategy(
+        "random", space,
+        AgentConfig(probe_fwhm=0.2, max_step=0.1, **timing_from_detector(bl.ptycho_det)),
+        stopping=StoppingRule(max_time=8.0), seed=2,
+        start_position={name: m.position for name, m in motors.items()},
+    )  # fmt: skip
+    assert agent.config.time_per_point == pytest.approx(0.005 + 0.15)  # the sim's defaults
+    feed = AgentFeed(agent, lambda: None, footprint_radius=0.1)
+    bl.clock.reset()
+    seeds = raster_positions(-0.4, 0.4, -0.4, 0.4, 0.4)
+    plan = adaptive_ptycho_scan([bl.ptycho_det], bl.stage.x, bl.stage.y, feed, seeds,
+                                batch_size=4, max_exposures=500, shutter=bl.shutter)  # fmt: skip
+    (uid,) = RE(plan)
+    assert "time budget" in catalog.raw[uid].stop["reason"]
+    assert agent.elapsed_time == pytest.approx(bl.clock.elapsed, rel=1e-9)
+    assert bl.clock.by_kind["readout"] == pytest.approx(0.15 * feed.exposures_measured)
+    # it stopped at the first decision after 8 s: within one batch of four points
+    longest_point = 0.155 + float(np.max(space.travel_time([-0.5, -0.5], [[0.5, 0.5]])))
+    assert 8.0 <= bl.clock.elapsed < 8.0 + 4 * longest_point
 
 
 @pytest.mark.slow

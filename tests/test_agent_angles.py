@@ -138,7 +138,8 @@ def test_coverage_agent_steers_to_the_prior_and_keeps_the_coverage(cost_aware):
     """The real agent (GP, gate, travel order) asked batch after batch, told a gain that
     is largest near 120 deg: its first batch goes there, its scan ends nearly uniform
     (also when travel time divides the scores)."""
-    budget, seeds = 60, np.arange(6) * 30.0
+    budget = 60
+    seeds = (150.0 + np.arange(6) * 30.0) % 180.0  # the last seed leaves theta at 120 deg
     config = AgentConfig(angle_step=0.25, cost_aware=cost_aware, beta=1.0,
                          tolerance={"theta": 0.25 * 180.0 / budget})  # fmt: skip
     angles = np.arange(0.0, 180.0, 1.0)
@@ -158,8 +159,7 @@ def test_coverage_agent_steers_to_the_prior_and_keeps_the_coverage(cost_aware):
                 agent.tell(p, {"gain": gain})
         return agent.gate.measured.points[:, 0], batches
 
-    theta, batches = run(CoverageAgent(theta_space(), config, seed=3, budget=budget,
-                                       start_position=[120.0]))  # fmt: skip
+    theta, batches = run(CoverageAgent(theta_space(), config, seed=3, budget=budget))
     assert len(theta) == budget
     assert np.all(angular_distance(batches[0], [120.0]) <= 15.0), batches[0]
     assert np.max(angular_gaps(theta)) <= 1.25 * 180.0 / budget + 0.25

@@ -177,6 +177,14 @@ def test_point_overhead_weighs_value_against_travel_and_runs_the_clock():
     agent.tell([10.0, 0.0], {"gain": 1.0})
     expected = space.travel_time(np.zeros(2), np.array([[10.0, 0.0]]))[0] + 0.5 + 0.3
     assert agent.elapsed_time == pytest.approx(expected)
+    # a live scan records each point when measured and tells its gain later: the
+    # position and clock move when it is measured, and the tell does not charge it again
+    agent.record_measured([40.0, 30.0])
+    expected += space.travel_time(np.array([10.0, 0.0]), np.array([[40.0, 30.0]]))[0] + 0.8
+    assert agent.elapsed_time == pytest.approx(expected)
+    np.testing.assert_allclose(agent.position, [40.0, 30.0])
+    assert agent.tell([40.0, 30.0], {"gain": 0.5})["time"] == 0.0
+    assert agent.elapsed_time == pytest.approx(expected) and agent.surrogate.n == 2
 
 
 def test_agent_removes_more_uncertainty_than_random_and_raster():

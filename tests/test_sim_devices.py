@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from ophyd.utils.errors import LimitError
 
+from synaps_agent.agent import AgentConfig, timing_from_detector
 from synaps_agent.sim_devices.beamline import make_sim_beamline
+from synaps_agent.sim_devices.detectors import PtychoDetector
 from synaps_agent.sim_devices.motors import SampleStage, SimClock, SimMotor, trapezoid_move_time
 from synaps_agent.sim_devices.optics import farfield_intensity, project_volume
 from synaps_agent.sim_devices.phantoms import make_phantom
@@ -46,6 +48,23 @@ def test_motor_moves_charge_the_clock_and_respect_limits():
     with pytest.raises(ValueError, match="not a number"):
         motor.set("far")
     assert motor.position == 4.0  # nothing moved
+
+
+def test_moves_charged_together_overlap_on_the_clock():
+    clock = SimClock()
+    x, y = (
+        SimMotor(name=n, limits=(-5, 5), velocity=v, acceleration_time=0.0, clock=clock)
+        for n, v in (("x", 1.0), ("y", 2.0))
+    )
+    # mv(x, 2, y, 3): both set before either is waited for; 2 s and 1.5 s overlap
+    x.set(2.0).wait(1), y.set(3.0).wait(1)
+    assert clock.elapsed == pytest.approx(2.0)
+    clock.charge(0.1, "exposure")  # a point in between: the next moves start after it
+    y.set(-3.0).wait(1), x.set(1.0).wait(1)  # 3 s and 1 s
+    assert clock.elapsed == pytest.approx(5.1)
+    x.set(0.0).wait(1), x.set(1.0).wait(1)  # one motor's moves follow one another
+    assert clock.elapsed == pytest.approx(7.1)
+    assert clock.by_kind == pytest.approx({"move": 7.0, "exposure": 0.1})
 
 
 def test_time_scale_makes_moves_take_wall_time_and_reports_progress():
@@ -159,6 +178,30 @@ def test_bad_detector_arguments_are_refused(tmp_path):
         bl.ptycho_det.trigger()
     with pytest.raises(ValueError, match="'open', 'closed'"):
         bl.shutter.set("ajar")
+    with pytest.raises(ValueError, match="ptycho_det: readout_time must be a finite number"):
+        PtychoDetector(
+            stage=bl.stage, sample=bl.sample, frames_directory=tmp_path, readout_time=-0.1
+        )
+
+
+def test_each_exposure_charges_its_exposure_and_readout_time(small_2d, tmp_path):
+    det = small_2d.ptycho_det
+    det.exposure_time.put(0.02)
+    det.readout_time.put(0.3)
+    assert det.read_configuration()["ptycho_det_readout_time"]["value"] == 0.3
+    clock = small_2d.clock
+    clock.reset()
+    det.stage()
+    try:
+        for _ in range(3):
+            det.trigger().wait(1)
+    finally:
+        det.unstage()
+    assert clock.by_kind == pytest.approx({"exposure": 0.06, "readout": 0.9})
+    # the agent's cost model reads the same numbers
+    timing = timing_from_detector(det)
+    assert timing == {"exposure_time": 0.02, "point_overhead": 0.3}
+    assert AgentConfig(**timing).time_per_point == pytest.approx(0.32)
 
 
 def test_reseed_restarts_the_detector_noise(small_2d):

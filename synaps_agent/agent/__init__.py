@@ -17,7 +17,12 @@ from synaps_agent.agent.acquisition import (
     select_batch,
     upper_confidence_bound,
 )
-from synaps_agent.agent.agent import STATE_VERSION, AgentConfig, ImagingAgent
+from synaps_agent.agent.agent import (
+    STATE_VERSION,
+    AgentConfig,
+    ImagingAgent,
+    timing_from_detector,
+)
 from synaps_agent.agent.baselines import (
     STRATEGIES,
     GreedyUncertaintyAgent,
@@ -61,6 +66,7 @@ __all__ = [
     "path_time",
     "posterior_variance",
     "select_batch",
+    "timing_from_detector",
     "trapezoid_time",
     "upper_confidence_bound",
 ]

@@ -26,7 +26,7 @@ from synaps_agent.agent.space import ScanSpace
 from synaps_agent.agent.stopping import StoppingRule, mean_uncertainty
 from synaps_agent.agent.surrogate import GainSurrogate, Posterior, SurrogateConfig
 
-__all__ = ["STATE_VERSION", "AgentConfig", "ImagingAgent"]
+__all__ = ["STATE_VERSION", "AgentConfig", "ImagingAgent", "timing_from_detector"]
 
 STATE_VERSION = "synaps-agent-state/1"
 
@@ -44,14 +44,16 @@ class AgentConfig:
         Score = acquisition / (travel time from the current position + exposure time +
         ``point_overhead``): information per second of beam time.
     exposure_time : float
-        Seconds per exposure (cost model and simulated clock).
+        Seconds per exposure (cost model and the agent's clock).
     point_overhead : float
         Seconds each point costs besides its travel and its exposure, in the cost-aware
         score and the agent's own clock (:attr:`time_per_point`): what a step scan spends
         per point that the motors' kinematics and the exposure do not say (move
         completion, detector arming and readout, the plan's per-point work; typically
-        0.05-0.3 s at a beamline). Without it a short exposure makes the score pay for
-        nearness alone: with the simulated beamline's 5 ms exposures a neighbouring
+        0.05-0.3 s at a beamline). :func:`timing_from_detector` reads it (and
+        ``exposure_time``) from a detector that states it, as the simulated detectors'
+        ``readout_time`` does (0.15 s by default). Without it a short exposure makes the
+        score pay for nearness alone: with the simulated beamline's 5 ms exposures a neighbouring
         point (0.14 s of travel) scored 5.5 times a point across the region of equal
         value. Measured on the ``autonomy`` benchmark's phantoms (96 px; development
         seeds 1-3 and 410-414 of both cases, 14 phantoms; fair IoU with the probe held,
@@ -194,6 +196,27 @@ class AgentConfig:
         d = dict(d)
         d["surrogate"] = SurrogateConfig(**d.get("surrogate", {}))
         return cls(**d)
+
+
+def timing_from_detector(detector: Any) -> dict[str, float]:
+    """The :class:`AgentConfig` timing fields a detector states.
+
+    ``exposure_time`` from its ``exposure_time`` and ``point_overhead`` from its
+    ``readout_time`` (ophyd signals or plain numbers); a field whose attribute the
+    detector lacks is left out, so the config's default stands. Building the config
+    from the detector keeps the agent's clock and cost model in step with the beamline.
+
+    >>> class Detector:
+    ...     exposure_time = 0.5
+    >>> AgentConfig(**timing_from_detector(Detector())).time_per_point
+    0.65
+    """
+    timing = {}
+    for name, attribute in (("exposure_time", "exposure_time"), ("point_overhead", "readout_time")):
+        value = getattr(detector, attribute, None)
+        if value is not None:
+            timing[name] = float(value.get() if hasattr(value, "get") else value)
+    return timing
 
 
 class ImagingAgent:
@@ -340,12 +363,15 @@ class ImagingAgent:
             The measured point.
         y : dict
             ``{"gain": float}`` (uncertainty removed by the measurement); optional
-            ``"time"``: seconds actually spent (otherwise travel + exposure are estimated).
+            ``"time"``: seconds actually spent (otherwise the travel and
+            :attr:`AgentConfig.time_per_point` are charged). A point already recorded
+            by :meth:`record_measured` was charged then and is not charged again.
 
         Returns
         -------
         dict
-            A small document describing what was recorded.
+            A small document describing what was recorded (``"time"``: the seconds this
+            call charged to the agent's clock).
         """
         p = self.space.to_array(x)
         if len(p) != 1:
@@ -355,18 +381,10 @@ class ImagingAgent:
         gain = float(y["gain"])
         if not (math.isfinite(gain) and np.all(np.isfinite(p))):
             raise ValueError(f"non-finite point or gain: {p[0].tolist()}, {gain}")
-        if "time" in y:
-            dt = float(y["time"])
-        else:
-            travel = (
-                0.0 if self.position is None else float(self.space.travel_time(self.position, p)[0])
-            )
-            dt = travel + self.config.time_per_point
+        seconds = float(y["time"]) if "time" in y else None
         prior = self._pop_pending(p)
         self.surrogate.add(p, np.array([gain]), prior)
-        self.record_measured(p)
-        self.position = p[0].copy()
-        self.elapsed_time += dt
+        dt = self._arrive(p[0], seconds)
         return {"point": self.space.to_dicts(p)[0], "gain": gain, "time": dt,
                 "prior": prior[0].tolist(), "n_observations": self.surrogate.n}  # fmt: skip
 
@@ -392,15 +410,32 @@ class ImagingAgent:
         return self.surrogate.prior_values(p)
 
     def record_measured(self, point: Any) -> None:
-        """``point`` was measured (its gain may be told later): never propose it again.
+        """``point`` was measured (its gain may be told later): never propose it again,
+        and move the agent's position and clock to it.
 
         Without this, a batch asked before the last one's gains arrive would repeat the
-        points the gains are still pending for.
+        points the gains are still pending for, and the next batch's travel would be
+        reckoned (and the time budget counted) from the last point whose gain was told,
+        not from where the stage is.
         """
-        p = self.space.to_array(point)
-        new = ~self.gate.measured.near(p)
-        if new.any():
-            self.gate.record_measured(p[new])
+        for p in self.space.to_array(point):
+            self._arrive(p)
+
+    def _arrive(self, point: np.ndarray, seconds: float | None = None) -> float:
+        """Record a measured point and charge the agent's clock ``seconds`` (default: the
+        travel from the current position + ``time_per_point``); return what was charged,
+        0 for a point already measured (within tolerance)."""
+        point = np.asarray(point, dtype=float).reshape(1, -1)
+        if self.gate.measured.near(point)[0]:
+            return 0.0
+        if seconds is None:
+            seconds = self.config.time_per_point
+            if self.position is not None:
+                seconds += float(self.space.travel_time(self.position, point)[0])
+        self.gate.record_measured(point)
+        self.position = point[0].copy()
+        self.elapsed_time += seconds
+        return seconds
 
     # -- failures / stopping -----------------------------------------------------------------
     def record_failure(self, point: Any, reason: str) -> None:
