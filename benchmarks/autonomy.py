@@ -8,15 +8,16 @@ at about 70 % overlap; random, greedy-uncertainty (no GP) and the agent start fr
 same coarse seed lattice and get ``budget_fraction`` of raster's exposures.
 
 Score (fair): each strategy's stored frames, at the budgets of the seed lattice, every
-eighth of raster's exposures up to a half, and all of them, reconstructed offline with
+sixteenth of raster's exposures from an eighth up to a quarter, every eighth up to a half,
+and all of them, reconstructed offline with
 one fixed engine (LSQ-ML with the probe held at the run's probe, seed, ``scoring_epochs``,
-one torch thread; with
-``--score-repeats N`` the mean over engine seeds 0 .. N-1), segmented
-with the same segmenter and scored against the phantom's ground truth (mean IoU over the
-region) (:func:`synaps_agent.experiment.offline_iou_curve`): IoU against exposures and against
-simulated time (motor travel, settle and exposure on the beamline's clock), the same for
-the same frames whatever the machine's load. The live IoU (the last live segmentation,
-after ``final_epochs``) is a secondary column.
+one torch thread; with ``--score-repeats N`` the mean over engine seeds 0 .. N-1),
+segmented with the same segmenter and scored against the phantom's ground truth (mean IoU
+over the region) (:func:`synaps_agent.experiment.offline_iou_curve`): IoU against
+exposures and against simulated time (the beamline's clock: moves with settle time, the
+axes of one move together, exposures and the detector's readout), the same for the same
+frames whatever the machine's load. The live IoU (the last live segmentation, after
+``final_epochs``) is a secondary column.
 
 Headline: the fraction of raster's exposures a strategy needs to reach raster's final IoU
 within 0.02 (``None``: not reached within its budget).
@@ -36,6 +37,12 @@ perfect reconstruction would score. Where both scans of a margin score at least 
 ceiling less ``LEVEL``, the segmenter, not the choice of positions, limits them (a
 reconstruction's blur can score up to about 0.01 above the ceiling): such cells are
 counted apart ("at the ceiling").
+
+Over all phantoms (headline and check): the agent's mean margin over each baseline at each
+budget with its standard error over the phantoms and a verdict (``by_budget``,
+:func:`summarize_by_budget`), the statistical form of "beats the baselines at every
+budget past the seed batch"; and how many exposures each strategy needs to get within
+``TOLERANCE`` of the segmenter's ceiling (``to_ceiling``, :func:`summarize_to_ceiling`).
 
     python -m benchmarks.autonomy [--smoke] [--out DIR] [--cases P-sparse P-dense]
                                   [--check-seeds 412 413 414] [--score-repeats 3]
@@ -61,11 +68,16 @@ LEVEL = 0.005  # margins this small count as level in the seed check's summary
 
 
 def _params(smoke: bool) -> dict[str, Any]:
+    # fair budgets: every sixteenth of raster's exposures up to a quarter (where the
+    # strategies differ; the seed lattice is about a twelfth), every eighth up to a half
+    fractions = [0.125, 0.1875, 0.25, 0.375, 0.5, 1.0]
     if smoke:
         return {"smoke": True, "size": 56, "budget_fraction": 0.5, "final_epochs": 5,
-                "scoring_epochs": 20, "batch_size": 8, "cases": ["P-sparse"]}  # fmt: skip
+                "scoring_epochs": 20, "batch_size": 8, "cases": ["P-sparse"],
+                "score_fractions": fractions}  # fmt: skip
     return {"smoke": False, "size": 96, "budget_fraction": 0.5, "final_epochs": 30,
-            "scoring_epochs": 300, "batch_size": 8, "cases": ["P-sparse", "P-dense"]}  # fmt: skip
+            "scoring_epochs": 300, "batch_size": 8, "cases": ["P-sparse", "P-dense"],
+            "score_fractions": fractions}  # fmt: skip
 
 
 def summarize_seed_check(checks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -102,6 +114,68 @@ def summarize_seed_check(checks: list[dict[str, Any]]) -> dict[str, dict[str, An
             "min": float(np.min(margins)),
         }
     return summary
+
+
+def summarize_by_budget(phantoms: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per baseline and budget, the agent's margin over every phantom: the statistical
+    form of "beats the baseline at every budget past the seed batch".
+
+    ``phantoms`` are margin records in the seed check's form (``agent_minus_<baseline>``:
+    ``(budget, margin)`` pairs, ``agent_and_<baseline>_at_ceiling``: budgets), the
+    headline phantoms included (:func:`margin_record`). A budget's verdict: ``"ahead"``
+    when the mean margin exceeds twice its standard error over the phantoms,
+    ``"behind"`` when it is below minus twice that, otherwise ``"at the ceiling"`` when
+    in at least half the phantoms both scans are at the segmenter's ceiling (nothing
+    left to beat), else ``"within noise"``. ``beats_at_every_budget`` holds when every
+    budget is ahead or at the ceiling.
+    """
+    summary = {}
+    for name in BASELINES:
+        by_budget: dict[int, list[float]] = {}
+        ceiling: dict[int, int] = {}
+        for record in phantoms:
+            for b, d in record.get(f"agent_minus_{name}", []):
+                by_budget.setdefault(int(b), []).append(float(d))
+            for b in record.get(f"agent_and_{name}_at_ceiling", []):
+                ceiling[int(b)] = ceiling.get(int(b), 0) + 1
+        if not by_budget:
+            continue
+        rows = []
+        for b in sorted(by_budget):
+            margins = np.asarray(by_budget[b])
+            n = margins.size
+            mean = float(np.mean(margins))
+            error = float(np.std(margins, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+            if n > 1 and mean > 2 * error:
+                verdict = "ahead"
+            elif n > 1 and mean < -2 * error:
+                verdict = "behind"
+            elif 2 * ceiling.get(b, 0) >= n:
+                verdict = "at the ceiling"
+            else:
+                verdict = "within noise"
+            rows.append({"budget": b, "phantoms": n, "mean": mean, "standard_error": error,
+                         "ahead": int(np.sum(margins > LEVEL)),
+                         "behind": int(np.sum(margins < -LEVEL)),
+                         "at_ceiling": ceiling.get(b, 0), "verdict": verdict})  # fmt: skip
+        summary[name] = {
+            "budgets": rows,
+            "beats_at_every_budget": all(r["verdict"] in ("ahead", "at the ceiling") for r in rows),
+        }
+    return summary
+
+
+def margin_record(case: str, seed: int, case_figures: dict[str, Any]) -> dict[str, Any]:
+    """A headline case's margins and exposures to the ceiling (:func:`summarize_case`) in
+    the seed check's form."""
+    record: dict[str, Any] = {"case": case, "seed": seed, "exposures_to_ceiling": {
+        name: s["exposures_to_ceiling"]
+        for name, s in case_figures["strategies"].items() if name != "raster"
+    }}  # fmt: skip
+    for name, m in case_figures["agent_vs_baselines"].items():
+        record[f"agent_minus_{name}"] = m["agent_minus_baseline"]
+        record[f"agent_and_{name}_at_ceiling"] = m["at_ceiling_at"]
+    return record
 
 
 def at_ceiling(
@@ -164,15 +238,50 @@ def iou_at(curve: list[tuple[float, Any]], budget: float) -> Any:
     return values[-1] if values else None
 
 
+def exposures_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
+    """Exposures of the first snapshot with IoU >= ``target``; ``None`` if never reached
+    (or the target is not a number)."""
+    for n, iou in curve:
+        if iou >= target:
+            return int(n)
+    return None
+
+
 def fraction_to_reach(
     curve: list[tuple[int, float]], target: float, reference: int
 ) -> float | None:
-    """Exposures of the first snapshot with IoU >= ``target``, as a fraction of
-    ``reference`` exposures; ``None`` if never reached."""
-    for n, iou in curve:
-        if iou >= target:
-            return n / reference
-    return None
+    """:func:`exposures_to_reach` as a fraction of ``reference`` exposures."""
+    n = exposures_to_reach(curve, target)
+    return None if n is None else n / reference
+
+
+def summarize_to_ceiling(phantoms: list[dict[str, Any]]) -> dict[str, Any]:
+    """How soon each strategy gets within ``TOLERANCE`` of the segmenter's ceiling.
+
+    ``phantoms`` carry ``exposures_to_ceiling`` (strategy: exposures or None, not reached
+    within its budget). Returns per strategy the median exposures over the phantoms
+    (None when it did not reach it in half of them or more), and per baseline in how
+    many phantoms the agent got there with fewer exposures, as many, or more (a
+    strategy that never got there counts as needing more than any that did).
+    """
+    needed = {}
+    for record in phantoms:
+        for name, n in record["exposures_to_ceiling"].items():
+            needed.setdefault(name, []).append(np.inf if n is None else float(n))
+    summary: dict[str, Any] = {"median_exposures": {}}
+    for name, values in needed.items():
+        median = float(np.median(values))
+        summary["median_exposures"][name] = None if not np.isfinite(median) else median
+    for name in BASELINES:
+        if name not in needed or "agent" not in needed:
+            continue
+        pairs = np.array([needed["agent"], needed[name]]).T
+        summary[f"agent_vs_{name}"] = {
+            "fewer": int(np.sum(pairs[:, 0] < pairs[:, 1])),
+            "same": int(np.sum(pairs[:, 0] == pairs[:, 1])),
+            "more": int(np.sum(pairs[:, 0] > pairs[:, 1])),
+        }
+    return summary
 
 
 def summarize_case(case: str, outcomes: dict) -> dict[str, Any]:
@@ -195,6 +304,7 @@ def summarize_case(case: str, outcomes: dict) -> dict[str, Any]:
             "fraction_of_raster_to_reach": None
             if raster is None
             else fraction_to_reach(out.fair_curve, target, raster.exposures),
+            "exposures_to_ceiling": exposures_to_reach(out.fair_curve, ceiling - TOLERANCE),
             "live_final_iou": out.live_final_iou,
             "live_iou_vs_exposures": out.curve,
             "coverage": coverage_figures(out.positions, out.region_half, out.probe_radius),
@@ -278,7 +388,7 @@ def plot(figures: dict[str, Any], path: Path) -> Path:
                 ax.plot(pts[:, 0], pts[:, 1], "-o", ms=3, color=colours.get(name), label=name)
             live = np.asarray(s["live_iou_vs_exposures"], dtype=float).reshape(-1, 2)
             row[0].plot(live[:, 0], live[:, 1], ":", lw=1, color=colours.get(name))
-        for ax, xlabel in zip(row, ("exposures", "simulated time (s, travel + exposure)"),
+        for ax, xlabel in zip(row, ("exposures", "simulated time (s: travel, exposure, readout)"),
                               strict=True):  # fmt: skip
             if info["target_iou"] is not None:
                 ax.axhline(info["target_iou"], color="grey", ls=":", label="raster final - 0.02")
@@ -345,6 +455,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     final_epochs=p["final_epochs"],
                     batch_size=p["batch_size"],
                     scoring=scoring,
+                    score_fractions=p["score_fractions"],
                     log=log,
                 )
                 figures["cases"][case] = summarize_case(case, outcomes)
@@ -354,13 +465,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         catalog, (*BASELINES, "agent"), case=case, size=p["size"], seed=seed,
                         budget_fraction=p["budget_fraction"], segmenter=segmenter,
                         final_epochs=p["final_epochs"], batch_size=p["batch_size"],
-                        scoring=scoring, log=log,
+                        scoring=scoring, score_fractions=p["score_fractions"], log=log,
                     )  # fmt: skip
                     check = {"case": case, "seed": seed}
                     check.update({name: run.fair_curve for name, run in runs.items()})
                     check.update({f"{name}_iou_of_each_engine_seed": run.fair_scores
                                   for name, run in runs.items()})  # fmt: skip
                     check["ceiling_iou"] = runs["agent"].ceiling_iou
+                    check["exposures_to_ceiling"] = {
+                        name: exposures_to_reach(run.fair_curve, check["ceiling_iou"] - TOLERANCE)
+                        for name, run in runs.items()
+                    }
                     check["simulated_seconds"] = {
                         name: run.simulated_seconds for name, run in runs.items()
                     }
@@ -378,6 +493,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     figures.setdefault("seed_check", []).append(check)
             if figures.get("seed_check"):
                 figures["seed_check_summary"] = summarize_seed_check(figures["seed_check"])
+            phantoms = [margin_record(case, SEEDS[case], info)
+                        for case, info in figures["cases"].items()]  # fmt: skip
+            phantoms += figures.get("seed_check", [])
+            figures["by_budget"] = summarize_by_budget(phantoms)
+            figures["to_ceiling"] = summarize_to_ceiling(phantoms)
     figures["wall_seconds"] = time.perf_counter() - t_start
     png = plot(figures, results_dir(args.out) / f"{NAME}.png")
     figures["figure"] = png.name
@@ -435,6 +555,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              "behind by > 2 standard errors below the ceiling", "mean margin",
              "smallest margin"],
         )  # fmt: skip
+    print_table(
+        "Agent fair IoU minus each baseline's at each budget, over all phantoms (headline "
+        "and check)",
+        [[name, r["budget"], r["phantoms"], r["mean"], r["standard_error"], r["ahead"],
+          r["behind"], r["at_ceiling"], r["verdict"]]
+         for name, v in figures["by_budget"].items() for r in v["budgets"]],
+        ["baseline", "budget", "phantoms", "mean margin", "standard error over phantoms",
+         f"ahead (by > {LEVEL})", "behind", "both at the ceiling", "verdict"],
+    )  # fmt: skip
+    reach = figures["to_ceiling"]
+    print_table(
+        f"Exposures to reach the segmenter's ceiling - {TOLERANCE} (-: not within the "
+        "budget)",
+        [[r["case"], r["seed"], *(r["exposures_to_ceiling"].get(name) for name in
+                                  (*BASELINES, "agent"))] for r in phantoms]
+        + [["median", "", *(reach["median_exposures"].get(name) for name in
+                            (*BASELINES, "agent"))]],
+        ["case", "seed", *BASELINES, "agent"],
+    )  # fmt: skip
     notes = [
         "Fair IoU: the first N stored frames of each run reconstructed offline with a fixed "
         "engine (LSQ-ML, the probe held at the run's probe, seed 0, scoring_epochs, one torch "
@@ -451,8 +590,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"a budget where both scans score at least the ceiling - {LEVEL} (at_ceiling_at, "
         "agent_and_<baseline>_at_ceiling) the segmenter, not the choice of positions, "
         "limits them.",
-        "Simulated time: the beamline's clock (trapezoid moves with settle time, exposure "
-        "time) at each event, not the computer's wall time.",
+        "by_budget: per baseline and budget, the agent's margin over all phantoms (headline "
+        "and check): mean, standard error over the phantoms, and a verdict (ahead: mean > 2 "
+        "standard errors; behind: mean < -2 standard errors; else 'at the ceiling' when "
+        "both scans are at the segmenter's ceiling in at least half the phantoms, else "
+        "'within noise'); beats_at_every_budget: every budget ahead or at the ceiling.",
+        f"to_ceiling: exposures each strategy needed to reach the segmenter's ceiling - "
+        f"{TOLERANCE} per phantom (exposures_to_ceiling), their median, and in how many "
+        "phantoms the agent needed fewer, as many or more than each baseline.",
+        "Simulated time: the beamline's clock (trapezoid moves with settle time, the axes "
+        "of one move together; exposure and detector readout time) at each event, not the "
+        "computer's wall time.",
         "The live curves depend on how far the live reconstruction got (the machine's "
         "load); the fair curves depend only on the stored frames.",
         "Covered: fraction of the region within one probe radius (5 px) of an exposure.",

@@ -56,6 +56,52 @@ def test_at_ceiling_needs_both_scans_at_the_segmenters_ceiling():
     assert autonomy.at_ceiling(agent, baseline, [40], 0.1) == []  # before either curve
 
 
+def test_summarize_by_budget_gives_each_budget_a_verdict_over_the_phantoms():
+    def record(random_margins, ceiling_at=()):
+        return {"agent_minus_random": list(zip((78, 156, 234), random_margins, strict=True)),
+                "agent_and_random_at_ceiling": list(ceiling_at)}  # fmt: skip
+
+    phantoms = [
+        record((0.10, 0.01, 0.000), ceiling_at=(234,)),
+        record((0.12, -0.02, -0.010), ceiling_at=(234,)),
+        record((0.08, 0.02, 0.004)),
+        record((0.14, -0.01, 0.002), ceiling_at=(156,)),
+    ]
+    (random,) = autonomy.summarize_by_budget(phantoms).values()
+    rows = {r["budget"]: r for r in random["budgets"]}
+    assert rows[78]["mean"] == pytest.approx(0.11) and rows[78]["phantoms"] == 4
+    assert rows[78]["standard_error"] == pytest.approx(np.std([0.10, 0.12, 0.08, 0.14],
+                                                              ddof=1) / 2)  # fmt: skip
+    assert rows[78]["verdict"] == "ahead" and rows[78]["ahead"] == 4
+    # 156: a mean of 0 with a spread, one phantom of four at the ceiling: undecided
+    assert rows[156]["verdict"] == "within noise" and rows[156]["behind"] == 2
+    # 234: nothing to tell apart, and half the phantoms are at the ceiling
+    assert rows[234]["verdict"] == "at the ceiling" and rows[234]["at_ceiling"] == 2
+    assert random["beats_at_every_budget"] is False
+    behind = [record((-0.10, 0.0, 0.0)), record((-0.12, 0.0, 0.0)), record((-0.11, 0.0, 0.0))]
+    rows = autonomy.summarize_by_budget(behind)["random"]["budgets"]
+    assert rows[0]["verdict"] == "behind"
+    ahead = [record((0.10, 0.02, 0.0), (234,)), record((0.12, 0.03, 0.0), (234,))]
+    assert autonomy.summarize_by_budget(ahead)["random"]["beats_at_every_budget"] is True
+
+
+def test_exposures_to_the_ceiling_are_compared_phantom_by_phantom():
+    assert autonomy.exposures_to_reach([(49, 0.5), (78, 0.88), (117, 0.9)], 0.88) == 78
+    assert autonomy.exposures_to_reach([(49, 0.5)], 0.88) is None
+    assert autonomy.exposures_to_reach([(49, 0.5)], float("nan")) is None
+    phantoms = [
+        {"exposures_to_ceiling": {"random": 156, "greedy": 117, "agent": 78}},
+        {"exposures_to_ceiling": {"random": None, "greedy": 78, "agent": 78}},
+        {"exposures_to_ceiling": {"random": 117, "greedy": None, "agent": 156}},
+    ]
+    summary = autonomy.summarize_to_ceiling(phantoms)
+    assert summary["median_exposures"] == {"random": 156.0, "greedy": 117.0, "agent": 78.0}
+    assert summary["agent_vs_random"] == {"fewer": 2, "same": 0, "more": 1}
+    assert summary["agent_vs_greedy"] == {"fewer": 2, "same": 1, "more": 0}
+    never = [{"exposures_to_ceiling": {"random": None, "agent": 78}}] * 2
+    assert autonomy.summarize_to_ceiling(never)["median_exposures"]["random"] is None
+
+
 @pytest.mark.timeout(240)
 def test_autonomy_smoke(tmp_path):
     result = autonomy.main(
@@ -142,6 +188,29 @@ def test_autonomy_smoke(tmp_path):
             set(autonomy.behind_beyond_noise(margins, errors)) - set(ceiling_at))
         assert m["min"] == pytest.approx(min(d for _, d in margins))
         assert m["mean"] == pytest.approx(np.mean([d for _, d in margins]))
+    # over both phantoms (headline and check): each budget's margins pooled
+    by_budget = record["figures"]["by_budget"]
+    for name in ("random", "greedy"):
+        pooled = {}
+        for b, d in [*info["agent_vs_baselines"][name]["agent_minus_baseline"],
+                     *check[f"agent_minus_{name}"]]:  # fmt: skip
+            pooled.setdefault(b, []).append(d)
+        rows = by_budget[name]["budgets"]
+        assert [r["budget"] for r in rows] == sorted(pooled)
+        for r in rows:
+            assert r["phantoms"] == len(pooled[r["budget"]])
+            assert r["mean"] == pytest.approx(np.mean(pooled[r["budget"]]))
+    # the budgets include every sixteenth of raster's exposures from an eighth to a quarter
+    budgets = {n for n, _ in strategies["agent"]["iou_vs_exposures"]}
+    assert {int(f * raster["exposures"]) for f in (0.125, 0.1875, 0.25)} <= budgets
+    # exposures to the ceiling - TOLERANCE: the first fair budget at or above it
+    reach = record["figures"]["to_ceiling"]
+    for name, s in strategies.items():
+        first = next((n for n, iou in s["iou_vs_exposures"]
+                      if iou >= info["ceiling_iou"] - autonomy.TOLERANCE), None)  # fmt: skip
+        assert s["exposures_to_ceiling"] == first, name
+    assert set(reach["median_exposures"]) == {"random", "greedy", "agent"}
+    assert sum(reach["agent_vs_random"].values()) == 2  # the headline and the check phantom
 
 
 def test_check_seeds_refuse_development_seeds():
