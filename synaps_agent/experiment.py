@@ -64,6 +64,8 @@ class ScanOutcome:
     exposures: int
     simulated_seconds: float
     positions: np.ndarray
+    #: the simulated seconds by what they were spent on ("move", "exposure", "readout")
+    seconds_by_kind: dict[str, float] = field(default_factory=dict)
     curve: list[tuple[int, float]] = field(default_factory=list)  # (frames, mean IoU)
     #: (exposures, [IoU of each engine seed]) of the offline reconstructions of the
     #: stored frames (:func:`offline_iou_scores`); ``fair_curve`` is their mean
@@ -647,6 +649,7 @@ def _outcome(strategy, uid, positions, bl, recon, seg, catalog, phantom, roi_px)
         exposures=len(positions),
         simulated_seconds=float(bl.clock.elapsed),
         positions=np.asarray(positions),
+        seconds_by_kind=dict(bl.clock.by_kind),
         curve=score_run(catalog, uid, phantom, roi_px),
     )
     if latest is not None:

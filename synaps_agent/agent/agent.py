@@ -61,7 +61,8 @@ class AgentConfig:
         37.5 / 50 % of raster's exposures, 56 cells each), 0.15 s against 0: against
         random mean +0.033 (0: +0.028), behind by more than 0.005 in 3 cells (0: 7);
         against greedy +0.038 (+0.033), 6 cells (9); at 12.5 % +0.127 over random
-        (+0.101); beam time for 312 exposures 73.9 s (72.6 s). Its worst cell, P-sparse
+        (+0.101); beam time for 312 exposures 73.9 s (72.6 s; the simulated clock then
+        charged no readout and added up the axes of a move). Its worst cell, P-sparse
         412 at 25 % (-0.088 against random), is one where the scorer's engine seeds
         disagree (0.890, 0.767, 0.775). With the cost left out (``cost_aware=False``) the
         agent's IoU was about as good but its beam time 106 s. In the recorded
