@@ -53,9 +53,9 @@ class AgentConfig:
         0.05-0.3 s at a beamline). :func:`timing_from_detector` reads it (and
         ``exposure_time``) from a detector that states it, as the simulated detectors'
         ``readout_time`` does (0.15 s by default). Without it a short exposure makes the
-        score pay for nearness alone: with the simulated beamline's 5 ms exposures a neighbouring
-        point (0.14 s of travel) scored 5.5 times a point across the region of equal
-        value. Measured on the ``autonomy`` benchmark's phantoms (96 px; development
+        score pay for nearness alone: with the simulated beamline's 5 ms exposures a
+        neighbouring point (0.14 s of travel) scored 5.5 times a point across the region
+        of equal value. Measured on the ``autonomy`` benchmark's phantoms (96 px; development
         seeds 1-3 and 410-414 of both cases, 14 phantoms; fair IoU with the probe held,
         three engine seeds; the agent's margin over random and greedy at 12.5 / 25 /
         37.5 / 50 % of raster's exposures, 56 cells each), 0.15 s against 0: against
