@@ -65,7 +65,11 @@ class AgentConfig:
         charged no readout and added up the axes of a move). Its worst cell, P-sparse
         412 at 25 % (-0.088 against random), is one where the scorer's engine seeds
         disagree (0.890, 0.767, 0.775). With the cost left out (``cost_aware=False``) the
-        agent's IoU was about as good but its beam time 106 s. In the recorded
+        agent's IoU was about as good but its beam time 106 s; on the later clock (readout
+        charged, the axes of a move together) and the recorded run's eight phantoms it was
+        ahead by +0.031 ± 0.014 at 12.5 % of raster's exposures (level after) and took
+        1.24-1.37 times the beam time for 50 % (docs/benchmarks.md, autonomy, 16:47 run,
+        item 5): the default's case is beam time, not IoU per exposure. In the recorded
         benchmark run with it (docs/benchmarks.md, autonomy, 2026-12-06 15:09) P-sparse
         410 reached raster's final IoU - 0.02 at 25 % of raster's exposures, not 12.5 %
         as with 0: single cells move by up to 0.02 with any change of the scan path.
