@@ -55,10 +55,10 @@ import numpy as np
 from benchmarks._common import base_parser, print_table, results_dir, torch_threads, write_result
 from synaps_agent.agent import (
     AgentConfig,
-    Axis,
     ImagingAgent,
     ScanSpace,
     StoppingRule,
+    axis_from_motor,
     timing_from_detector,
 )
 from synaps_agent.agent.angles import CoverageAgent, angular_gaps
@@ -280,9 +280,7 @@ def _adaptive(
     ``flats`` first, as ``tomo_scan``) with a :class:`CoverageAgent` (``coverage``) or a
     plain :class:`ImagingAgent`; the agent's figures."""
     theta = bl.stage.theta
-    space = ScanSpace(
-        [Axis("theta", 0.0, 180.0, "deg", period=180.0, velocity=theta.velocity.get())]
-    )
+    space = ScanSpace([axis_from_motor("theta", theta, 0.0, 180.0, "deg", period=180.0)])
     rule = {"budget": budget, "slack": p["coverage_slack"], "coverage_ratio": p["coverage_ratio"]}
     agent = (CoverageAgent if coverage else ImagingAgent)(
         space,

@@ -45,6 +45,7 @@ from synaps_agent.agent import (
     ImagingAgent,
     ScanSpace,
     StoppingRule,
+    axis_from_motor,
     timing_from_detector,
 )
 from synaps_agent.callbacks.agent_feed import AgentFeed
@@ -52,7 +53,7 @@ from synaps_agent.callbacks.analysis import DocumentSink
 from synaps_agent.callbacks.ptycho import PtychoReconstruction
 from synaps_agent.callbacks.segmentation import LiveSegmentation, normalize_reconstruction
 from synaps_agent.catalog import open_catalog
-from synaps_agent.experiment import _stage_axis, default_segmenter
+from synaps_agent.experiment import default_segmenter
 from synaps_agent.plans.adaptive import adaptive_ptycho_scan
 from synaps_agent.plans.patterns import raster_positions
 from synaps_agent.plans.scans import ptycho_scan
@@ -207,7 +208,8 @@ def adaptive_run(
         final_epochs=p["final_epochs"],
         **_chunk_schedule(len(setup["seeds"]), p) if lockstep else {},
     )
-    space = ScanSpace([_stage_axis("x", bl.stage.x, half), _stage_axis("y", bl.stage.y, half)])
+    space = ScanSpace([axis_from_motor(name, motor, -half, half)
+                       for name, motor in (("x", bl.stage.x), ("y", bl.stage.y))])  # fmt: skip
     agent = ImagingAgent(
         space,
         AgentConfig(

@@ -25,7 +25,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from bluesky import RunEngine
 
-from .agent import AgentConfig, Axis, ScanSpace, StoppingRule, make_strategy, timing_from_detector
+from .agent import (
+    AgentConfig,
+    ScanSpace,
+    StoppingRule,
+    axis_from_motor,
+    make_strategy,
+    timing_from_detector,
+)
 from .callbacks.agent_feed import AgentFeed
 from .callbacks.analysis import DocumentSink
 from .callbacks.ptycho import PtychoGeometry, PtychoReconstruction, place_in_frame
@@ -62,9 +69,9 @@ class ScanOutcome:
     strategy: str
     raw_uid: str
     exposures: int
-    simulated_seconds: float
     positions: np.ndarray
-    #: the simulated seconds by what they were spent on ("move", "exposure", "readout")
+    #: the beamline's simulated seconds by what they were spent on ("move", "exposure",
+    #: "readout", ...); ``simulated_seconds`` is their sum
     seconds_by_kind: dict[str, float] = field(default_factory=dict)
     curve: list[tuple[int, float]] = field(default_factory=list)  # (frames, mean IoU)
     #: (exposures, [IoU of each engine seed]) of the offline reconstructions of the
@@ -82,6 +89,11 @@ class ScanOutcome:
     stale_maps: int = 0
     #: the segmenter's IoU on the phantom's true object (:func:`segmentation_ceiling`)
     ceiling_iou: float = float("nan")
+
+    @property
+    def simulated_seconds(self) -> float:
+        """The beamline's simulated seconds the scan took (all of ``seconds_by_kind``)."""
+        return float(sum(self.seconds_by_kind.values()))
 
     @property
     def fair_curve(self) -> list[tuple[int, float]]:
@@ -541,7 +553,7 @@ def run_strategies(
     # the live reconstruction's deterministic schedule: chunks that end where a decision is
     # taken (after the seeds and after every batch), a fixed number of updates per frame
     chunk = math.gcd(len(seeds), batch_size)
-    space = ScanSpace([_stage_axis(name, motor, half) for name, motor in
+    space = ScanSpace([axis_from_motor(name, motor, -half, half) for name, motor in
                        (("x", bl.stage.x), ("y", bl.stage.y))])  # fmt: skip
     outcomes: dict[str, ScanOutcome] = {}
     ceiling = segmentation_ceiling(phantom, segmenter, roi_px, bl.ptycho_det.energy.get())
@@ -621,19 +633,6 @@ def run_strategies(
     return outcomes
 
 
-def _stage_axis(name: str, motor, half: float) -> Axis:
-    """The agent's view of a stage motor over ``[-half, half]``, with its kinematics."""
-    return Axis(
-        name,
-        -half,
-        half,
-        "um",
-        velocity=motor.velocity.get(),
-        acceleration_time=motor.acceleration.get(),
-        settle_time=motor.settle_time.get(),
-    )
-
-
 def _wait_for(*callbacks, timeout: float = 600.0) -> None:
     for callback in callbacks:
         if not callback.wait(timeout):
@@ -647,7 +646,6 @@ def _outcome(strategy, uid, positions, bl, recon, seg, catalog, phantom, roi_px)
         strategy=strategy,
         raw_uid=uid,
         exposures=len(positions),
-        simulated_seconds=float(bl.clock.elapsed),
         positions=np.asarray(positions),
         seconds_by_kind=dict(bl.clock.by_kind),
         curve=score_run(catalog, uid, phantom, roi_px),

@@ -656,26 +656,17 @@ def make_agent_feed(
     """
     from .agent import (
         AgentConfig,
-        Axis,
         ImagingAgent,
         ScanSpace,
         StoppingRule,
+        axis_from_motor,
         timing_from_detector,
     )
     from .callbacks.agent_feed import AgentFeed
 
-    def kinematics(motor) -> dict[str, float]:
-        found = {}
-        for key, attribute in (("velocity", "velocity"), ("acceleration_time", "acceleration"),
-                               ("settle_time", "settle_time")):  # fmt: skip
-            value = getattr(motor, attribute, None)  # a signal, or (ophyd's settle_time)
-            if value is not None:  # a plain number
-                found[key] = float(value.get() if hasattr(value, "get") else value)
-        return found
-
     probe_um = float(ptycho_detector.geometry()["probe"]["fwhm_m"]) * 1e6
     axes = [
-        Axis(name, float(limits[0]), float(limits[1]), "um", **kinematics(motor))
+        axis_from_motor(name, motor, *limits)
         for name, motor, limits in (("x", stage.x, x_limits), ("y", stage.y, y_limits))
     ]
     agent = ImagingAgent(

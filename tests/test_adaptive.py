@@ -11,6 +11,7 @@ from synaps_agent.agent import (
     ImagingAgent,
     ScanSpace,
     StoppingRule,
+    axis_from_motor,
     make_strategy,
     timing_from_detector,
 )
@@ -52,11 +53,8 @@ def test_the_agents_clock_keeps_the_beamlines_time(RE, catalog, ptycho_beamline)
     moves as long as their longer axis: so a time budget means beamline seconds."""
     bl = ptycho_beamline
     motors = {"x": bl.stage.x, "y": bl.stage.y}
-    space = ScanSpace([
-        Axis(name, -0.5, 0.5, "um", velocity=m.velocity.get(),
-             acceleration_time=m.acceleration.get(), settle_time=m.settle_time.get())
-        for name, m in motors.items()
-    ])  # fmt: skip
+    space = ScanSpace([axis_from_motor(name, m, -0.5, 0.5) for name, m in motors.items()])
+    assert space.axes[0].acceleration_time == bl.stage.x.acceleration.get() > 0
     agent = make_strategy(
         "random", space,
         AgentConfig(probe_fwhm=0.2, max_step=0.1, **timing_from_detector(bl.ptycho_det)),

@@ -31,7 +31,14 @@ from synaps_agent.agent.baselines import (
 )
 from synaps_agent.agent.candidates import CandidateGenerator, angle_grid, lattice
 from synaps_agent.agent.safety import NoAdmissibleCandidateError, SafetyGate, UnsafePointError
-from synaps_agent.agent.space import Axis, Disc, Rectangle, ScanSpace, trapezoid_time
+from synaps_agent.agent.space import (
+    Axis,
+    Disc,
+    Rectangle,
+    ScanSpace,
+    axis_from_motor,
+    trapezoid_time,
+)
 from synaps_agent.agent.stopping import StoppingRule, mean_uncertainty
 from synaps_agent.agent.surrogate import GainSurrogate, GridPriorMean, Posterior, SurrogateConfig
 
@@ -57,6 +64,7 @@ __all__ = [
     "SurrogateConfig",
     "UnsafePointError",
     "angle_grid",
+    "axis_from_motor",
     "expected_improvement",
     "information_per_second",
     "lattice",

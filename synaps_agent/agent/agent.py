@@ -22,7 +22,7 @@ import numpy as np
 from synaps_agent.agent.acquisition import ACQUISITIONS, order_by_travel, select_batch
 from synaps_agent.agent.candidates import CandidateGenerator, FootprintCoverage
 from synaps_agent.agent.safety import SafetyGate
-from synaps_agent.agent.space import ScanSpace
+from synaps_agent.agent.space import ScanSpace, device_value
 from synaps_agent.agent.stopping import StoppingRule, mean_uncertainty
 from synaps_agent.agent.surrogate import GainSurrogate, Posterior, SurrogateConfig
 
@@ -218,9 +218,9 @@ def timing_from_detector(detector: Any) -> dict[str, float]:
     """
     timing = {}
     for name, attribute in (("exposure_time", "exposure_time"), ("point_overhead", "readout_time")):
-        value = getattr(detector, attribute, None)
+        value = device_value(detector, attribute)
         if value is not None:
-            timing[name] = float(value.get() if hasattr(value, "get") else value)
+            timing[name] = value
     return timing
 
 

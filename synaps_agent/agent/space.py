@@ -16,6 +16,8 @@ import numpy as np
 
 __all__ = [
     "Axis",
+    "axis_from_motor",
+    "device_value",
     "Disc",
     "Rectangle",
     "Region",
@@ -110,6 +112,30 @@ class Axis:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def device_value(device: Any, attribute: str) -> float | None:
+    """``device.<attribute>`` as a number: an ophyd signal's reading or a plain number
+    (ophyd's ``settle_time`` is one); ``None`` when the device has no such attribute."""
+    value = getattr(device, attribute, None)
+    if value is None:
+        return None
+    return float(value.get() if hasattr(value, "get") else value)
+
+
+def axis_from_motor(
+    name: str, motor: Any, low: float, high: float, unit: str = "um", **fields: Any
+) -> Axis:
+    """An :class:`Axis` over ``[low, high]`` with the kinematics ``motor`` states: its
+    ``velocity``, ``acceleration`` (time) and ``settle_time`` where it has them (the
+    :class:`Axis` defaults otherwise); ``fields`` are further :class:`Axis` fields
+    (``period``, ``tolerance``)."""
+    for key, attribute in (("velocity", "velocity"), ("acceleration_time", "acceleration"),
+                           ("settle_time", "settle_time")):  # fmt: skip
+        value = device_value(motor, attribute)
+        if value is not None:
+            fields.setdefault(key, value)
+    return Axis(name, float(low), float(high), unit, **fields)
 
 
 @dataclass(frozen=True)

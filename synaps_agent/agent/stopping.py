@@ -62,7 +62,8 @@ class StoppingRule:
     max_exposures : int, optional
         Stop after this many exposures (successful measurements told to the agent).
     max_time : float, optional
-        Stop when the (simulated) elapsed time, in seconds, reaches this value.
+        Stop when the agent's clock (:attr:`ImagingAgent.elapsed_time`: the travel and
+        ``AgentConfig.time_per_point`` of every point measured) reaches this many seconds.
     roi : Rectangle or Disc, optional
         Region of interest for the threshold (whole uncertainty map if ``None``).
     """
